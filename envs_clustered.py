@@ -1,0 +1,534 @@
+"""Clustered meta-RL environments and the trial structure used by MILET.
+
+What this file implements
+-------------------------
+* Sec. 3 of the paper: a *trial* = N+1 inner episodes (1 exploration + N exploitation) of fixed
+  length H in one task.  Here a trial is ONE gymnasium episode of ``num_episodes * H`` steps
+  (defaults: 2 x 100).  Between inner episodes the robot state is reset, the task is kept.
+* Sec. 5 and App. C: the task distributions (four clusters per env) and reward functions.
+
+Env ids (``ENV_IDS``)
+---------------------
+  PointGoal          2-D point, velocity control, goals as AntGoal (fast sanity-check env)
+  AntGoal            Ant-v5, goal = 2 (cos s*pi, sin s*pi), s ~ N(c_k, 0.2^2), c_k = 0.25 + 0.5 k
+  AntGoalPartial     AntGoal with goal reward max(3 - L1, 0) (sparse outside an L1 ball of radius 3)
+  AntU               AntGoal with s ~ U(0, 2); label = quadrant floor(s / 0.5)
+  HumanoidDir        Humanoid-v5, reward d . v_xy(centre of mass), d = (cos s*pi, sin s*pi)
+  HumanoidDirSparse  HumanoidDir, velocity reward only where cos(angle(v_xy, d)) >= 0.8
+  HopperRandParams   Hopper-v5, cluster k scales one model parameter group, multipliers ~ N(3, 1.5^2)
+  WalkerRandParams   Walker2d-v5, same groups, multipliers ~ N(6, 1^2)
+Parameter groups (cluster k): 0 body_mass, 1 dof_damping, 2 body_inertia, 3 geom_friction.
+
+Where things are documented
+---------------------------
+* Tasks / task vectors / clusters: ``make_task_split`` and ``sample_tasks``.
+* Observations: ``PointGoalEnv`` (xy), ``MujocoTrialEnv`` (the v5 observation, with x, y for Ant and
+  Humanoid), all cast to float32.
+* info dicts and trial bookkeeping: ``TrialEnv`` (single env) and ``make_vector_env`` (vector env).
+  A training script may equally derive the inner-episode index of transition t (0-based step of
+  the trial) as t // H; ``info["episode_index"]`` describes the returned obs instead.
+
+Deviations from the paper / the authors' code (all deliberate)
+--------------------------------------------------------------
+* gymnasium v5 MuJoCo models and MuJoCo 3+ instead of gym 0.17 / mujoco-py / MuJoCo 1.50.
+* The first observation of an exploitation episode is the reset state (the authors' code passed the
+  previous terminal state); the true successor state is in ``info["next_state"]``.
+* No early termination in any env (Hopper's +1 is a constant bonus, not a health check).
+* Rand-param multipliers are floored at 0.1 (the paper only says negatives are floored); all task
+  sets are reproducible from a seed (the authors' rand-param tasks were not seeded).
+* AntU task *splits* are stratified: slot cluster k draws s ~ U(0.5k, 0.5(k+1)), so the union is
+  still U(0, 2) but the split is balanced like the other envs.
+* PointGoal is not in the paper; it is Ant's reward without contact cost, for quick experiments.
+  Its control cost uses the clipped action (Ant's uses the raw action, as gymnasium does).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass
+
+import gymnasium as gym
+import mujoco
+import numpy as np
+from gymnasium.envs.mujoco.ant_v5 import AntEnv
+from gymnasium.envs.mujoco.hopper_v5 import HopperEnv
+from gymnasium.envs.mujoco.humanoid_v5 import HumanoidEnv
+from gymnasium.envs.mujoco.walker2d_v5 import Walker2dEnv
+from gymnasium.spaces import Box
+from gymnasium.vector import AutoresetMode, AsyncVectorEnv, SyncVectorEnv, VectorEnv
+from gymnasium.vector.utils import batch_space
+
+ENV_IDS = ("PointGoal", "AntGoal", "AntGoalPartial", "AntU", "HumanoidDir", "HumanoidDirSparse",
+           "HopperRandParams", "WalkerRandParams")
+NUM_CLUSTERS = 4  # true number of clusters in every env
+
+CENTRES_S = np.array([0.25, 0.75, 1.25, 1.75])  # cluster centres, as angle / pi
+ANGLE_STD = 0.2                                  # std of s within a cluster (AntGoal, HumanoidDir)
+GOAL_RADIUS = 2.0
+PARTIAL_THRESHOLD = 3.0                          # AntGoalPartial: reward region |x - g|_1 <= 3
+SPARSE_COS = 0.8                                 # HumanoidDirSparse: cos(v, d) threshold
+PARAM_GROUPS = ("body_mass", "dof_damping", "body_inertia", "geom_friction")  # group k = cluster k
+MULTIPLIER_DIST = {"HopperRandParams": (3.0, 1.5), "WalkerRandParams": (6.0, 1.0)}  # (mean, std)
+MIN_MULTIPLIER = 0.1
+_XML = {"HopperRandParams": "hopper.xml", "WalkerRandParams": "walker2d_v5.xml"}
+
+
+_KINDS = {"PointGoal": "goal", "AntGoal": "goal", "AntGoalPartial": "goal", "AntU": "goal",
+          "HumanoidDir": "dir", "HumanoidDirSparse": "dir",
+          "HopperRandParams": "params", "WalkerRandParams": "params"}
+
+
+def _kind(env_id: str) -> str:
+    """Task family of an env id: 'goal' (xy goal), 'dir' (unit direction) or 'params'."""
+    if env_id not in ENV_IDS:
+        raise ValueError(f"unknown env_id {env_id!r}; valid ids: {', '.join(ENV_IDS)}")
+    return _KINDS[env_id]
+
+
+# ----------------------------------------------------------------------------------------------
+# Tasks
+# ----------------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=None)
+def param_group_slices(env_id: str) -> dict[str, slice]:
+    """Where each parameter group lives in a rand-params task vector (order of PARAM_GROUPS).
+
+    Lengths are nbody, nv, nbody*3, ngeom*3 of gymnasium's default Hopper/Walker2d XML.
+    """
+    if _kind(env_id) != "params":
+        raise ValueError(f"{env_id} has no parameter groups")
+    from gymnasium.envs import mujoco as gym_mujoco  # only to locate gymnasium's own XML assets
+    path = os.path.join(os.path.dirname(gym_mujoco.__file__), "assets", _XML[env_id])
+    model = mujoco.MjModel.from_xml_path(path)
+    slices, start = {}, 0
+    for name in PARAM_GROUPS:
+        size = getattr(model, name).size
+        slices[name] = slice(start, start + size)
+        start += size
+    return slices
+
+
+def cluster_centres(env_id: str) -> np.ndarray | None:
+    """(4, 2) ground-truth centre goals (goal envs) or unit directions (dir envs); None for params."""
+    kind = _kind(env_id)
+    if kind == "params":
+        return None
+    radius = GOAL_RADIUS if kind == "goal" else 1.0
+    return radius * np.stack([np.cos(CENTRES_S * np.pi), np.sin(CENTRES_S * np.pi)], axis=1)
+
+
+def sample_tasks(env_id: str, clusters: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One task per entry of ``clusters`` (ints in 0..3), drawn with ``rng``.
+
+    Task vectors: goal envs -> goal xy (2,); dir envs -> unit direction (2,);
+    rand params -> flat multipliers of all four groups (ones for the unscaled groups).
+    """
+    kind, clusters = _kind(env_id), np.asarray(clusters, dtype=np.int64)
+    if kind == "params":
+        mean, std = MULTIPLIER_DIST[env_id]
+        slices = list(param_group_slices(env_id).values())
+        tasks = np.ones((len(clusters), slices[-1].stop))
+        for i, k in enumerate(clusters):
+            sl = slices[k]
+            tasks[i, sl] = np.maximum(rng.normal(mean, std, sl.stop - sl.start), MIN_MULTIPLIER)
+        return tasks
+    if env_id == "AntU":  # stratified U(0, 2): slot cluster k covers its quadrant
+        s = rng.uniform(0.5 * clusters, 0.5 * (clusters + 1))
+    else:
+        s = rng.normal(CENTRES_S[clusters], ANGLE_STD)
+    radius = GOAL_RADIUS if kind == "goal" else 1.0
+    return radius * np.stack([np.cos(s * np.pi), np.sin(s * np.pi)], axis=1)
+
+
+@dataclass
+class TaskSplit:
+    train_tasks: np.ndarray     # (num_train, task_dim) float
+    train_clusters: np.ndarray  # (num_train,) int, = index % num_clusters
+    test_tasks: np.ndarray      # (num_test, task_dim) float
+    test_clusters: np.ndarray   # (num_test,) int, = index % num_clusters
+
+
+def make_task_split(env_id: str, *, num_train: int = 500, num_test: int = 32, seed: int = 0,
+                    num_clusters: int = NUM_CLUSTERS) -> TaskSplit:
+    """Meta-train and meta-test task sets, reproducible from ``seed``.
+
+    The cluster of index i is i % num_clusters in each split (balanced: 32 test tasks = 8 per
+    cluster). Train tasks are drawn first, then test tasks, from np.random.default_rng(seed).
+    ``num_clusters`` < 4 uses only the first clusters.
+    """
+    if not 1 <= num_clusters <= NUM_CLUSTERS:
+        raise ValueError(f"num_clusters must be in 1..{NUM_CLUSTERS}")
+    rng = np.random.default_rng(seed)
+    train_clusters = np.arange(num_train) % num_clusters
+    test_clusters = np.arange(num_test) % num_clusters
+    train_tasks = sample_tasks(env_id, train_clusters, rng)
+    test_tasks = sample_tasks(env_id, test_clusters, rng)
+    return TaskSplit(train_tasks, train_clusters, test_tasks, test_clusters)
+
+
+def infer_cluster(env_id: str, task: np.ndarray, split: TaskSplit | None = None) -> int:
+    """Ground-truth cluster of a task.
+
+    First looks the task up in ``split`` (exact label, also for tasks that drifted across a
+    quadrant boundary: with s ~ N(c_k, 0.2^2) about 21% of AntGoal tasks lie nearer another centre).
+    Otherwise: goal/dir envs -> nearest centre by angle (= quadrant); params -> the scaled group
+    (-1 if no group is scaled).
+    """
+    task = np.asarray(task, dtype=np.float64)
+    if split is not None:
+        for tasks, clusters in ((split.train_tasks, split.train_clusters),
+                                (split.test_tasks, split.test_clusters)):
+            hit = np.flatnonzero(np.abs(tasks - task).max(axis=1) < 1e-9)
+            if hit.size:
+                return int(clusters[hit[0]])
+    if _kind(env_id) == "params":
+        scaled = [k for k, sl in enumerate(param_group_slices(env_id).values())
+                  if np.any(task[sl] != 1.0)]
+        return scaled[0] if scaled else -1
+    s = np.arctan2(task[1], task[0]) / np.pi % 2.0
+    return int(s // 0.5) % NUM_CLUSTERS
+
+
+def _choose_task(env_id, split, rng, options, slot):
+    """(task, cluster) for a new trial from reset options (see ``TrialEnv.reset``)."""
+    if "task" in options:
+        task, cluster = options["task"], options.get("cluster")
+    elif "tasks" in options:
+        task = options["tasks"][slot]
+        cluster = options["clusters"][slot] if "clusters" in options else None
+    else:  # draw a meta-training task
+        i = rng.integers(len(split.train_tasks))
+        return split.train_tasks[i].copy(), int(split.train_clusters[i])
+    task = np.array(task, dtype=np.float64)
+    return task, int(infer_cluster(env_id, task, split) if cluster is None else cluster)
+
+
+# ----------------------------------------------------------------------------------------------
+# Shared reward pieces
+# ----------------------------------------------------------------------------------------------
+def goal_reward(xy: np.ndarray, goal: np.ndarray, partial: bool = False) -> np.ndarray:
+    """-|xy - goal|_1, or max(3 - |xy - goal|_1, 0) for the partial (sparse) variant."""
+    l1 = np.abs(xy - goal).sum(axis=-1)
+    return np.maximum(PARTIAL_THRESHOLD - l1, 0.0) if partial else -l1
+
+
+def point_goal_step(pos: np.ndarray, action: np.ndarray, goal: np.ndarray):
+    """PointGoal dynamics and reward for one (pos (2,)) or many (pos (n, 2)) points."""
+    a = np.clip(action, -1.0, 1.0)
+    new_pos = pos + 0.1 * a
+    return new_pos, goal_reward(new_pos, goal) - 0.01 * np.square(a).sum(axis=-1)
+
+
+# ----------------------------------------------------------------------------------------------
+# Single-task trial environments
+# ----------------------------------------------------------------------------------------------
+class TrialEnv(gym.Env):
+    """One task slot; one gymnasium episode = one trial of ``num_episodes * episode_length`` steps.
+
+    reset(seed=None, options=None) starts a trial (inner episode 0). options:
+      {"task": task[, "cluster": k]}          task for this trial
+      {"tasks": array[, "clusters": array]}   row ``slot`` (one dict serves a whole vector env)
+      none of these                           a random meta-training task (env's np_random)
+    Without a cluster the label is looked up in the env's split (``make_task_split(env_id, seed)``)
+    or inferred (``infer_cluster``); passing it explicitly is the safest.
+
+    step(action): ``terminated`` is always False; ``truncated`` is True only on the last step.
+    When inner episode t // H ends (not the last), the robot is reset in the same task and the
+    RETURNED obs is the reset state of the next inner episode. info keys on every step:
+      next_state     true successor s_{t+1} (= obs, except at a boundary: the terminal state)
+      episode_index  inner episode of the returned obs (transition t belongs to episode t // H)
+      episode_start  True when the returned obs starts a new inner episode
+      task, cluster  ground truth (evaluation only)
+      xy             robot xy after the step (terminal xy at a boundary); goal/dir envs only
+    reset() info: task, cluster, episode_index=0, episode_start=True, xy where applicable.
+    """
+
+    def __init__(self, env_id: str, episode_length: int = 100, num_episodes: int = 2,
+                 seed: int = 0, slot: int = 0):
+        if episode_length < 1 or num_episodes < 1:
+            raise ValueError("episode_length and num_episodes must be >= 1")
+        self.env_id, self.slot = env_id, slot
+        self.episode_length, self.num_episodes = episode_length, num_episodes
+        self.trial_length = episode_length * num_episodes
+        self.split = make_task_split(env_id, seed=seed)
+        self.np_random = np.random.default_rng([seed, slot])  # draws train tasks
+        self.task, self.cluster, self._t = None, None, self.trial_length
+
+    # --- hooks for subclasses ---
+    def _apply_task(self, task):  # change the MDP (rand params); goal/dir tasks only store it
+        pass
+
+    def _reset_state(self, seed=None) -> np.ndarray:  # reset the robot, return obs
+        raise NotImplementedError
+
+    def _step_state(self, action) -> tuple[np.ndarray, float]:  # (s_{t+1}, r_t)
+        raise NotImplementedError
+
+    def _xy(self):  # robot xy, or None
+        return None
+
+    # --- trial logic ---
+    def _info(self, **extra):
+        info = {"task": self.task.copy(), "cluster": self.cluster, **extra}
+        xy = self._xy()
+        if xy is not None:
+            info["xy"] = xy
+        return info
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.task, self.cluster = _choose_task(self.env_id, self.split, self.np_random,
+                                               options or {}, self.slot)
+        self._apply_task(self.task)
+        self._t = 0
+        obs = self._reset_state(seed)
+        return obs, self._info(episode_index=0, episode_start=True)
+
+    def step(self, action):
+        if self._t >= self.trial_length:
+            raise RuntimeError("the trial is over: call reset()")
+        next_state, reward = self._step_state(np.asarray(action))
+        info = self._info(next_state=next_state)  # xy of s_{t+1}, before any reset
+        self._t += 1
+        truncated = self._t == self.trial_length
+        episode_start = self._t % self.episode_length == 0 and not truncated
+        obs = self._reset_state() if episode_start else next_state
+        info["episode_index"] = min(self._t // self.episode_length, self.num_episodes - 1)
+        info["episode_start"] = episode_start
+        return obs, float(reward), False, truncated, info
+
+
+class PointGoalEnv(TrialEnv):
+    """2-D point at the origin; obs = xy (float32); action in [-1, 1]^2 moves it by 0.1 * a."""
+
+    def __init__(self, **trial_kwargs):
+        super().__init__("PointGoal", **trial_kwargs)
+        self.observation_space = Box(-np.inf, np.inf, (2,), np.float32)
+        self.action_space = Box(-1.0, 1.0, (2,), np.float32)
+        self.pos = np.zeros(2)
+
+    def _reset_state(self, seed=None):
+        self.pos = np.zeros(2)
+        return self.pos.astype(np.float32)
+
+    def _step_state(self, action):
+        self.pos, reward = point_goal_step(self.pos, action, self.task)
+        return self.pos.astype(np.float32), reward
+
+    def _xy(self):
+        return self.pos.copy()
+
+
+class MujocoTrialEnv(TrialEnv):
+    """Trial env around a gymnasium v5 MuJoCo env (``self.sim``), whose reward we replace.
+
+    The observation is the v5 observation cast to float32. ``model``, ``data``, ``set_state`` and
+    ``init_qpos``/``init_qvel`` are those of the simulator (so ``env.unwrapped.model`` works).
+    """
+
+    sim_class: type = None
+    sim_defaults: dict = {}
+
+    def __init__(self, env_id, sim_kwargs, **trial_kwargs):
+        super().__init__(env_id, **trial_kwargs)
+        self.sim = self.sim_class(**{**self.sim_defaults, **sim_kwargs})
+        self.observation_space = Box(-np.inf, np.inf, self.sim.observation_space.shape, np.float32)
+        self.action_space = self.sim.action_space
+        self.render_mode = self.sim.render_mode
+        self.sim.reset(seed=int(self.np_random.integers(2**31)))
+
+    model = property(lambda self: self.sim.model)
+    data = property(lambda self: self.sim.data)
+    init_qpos = property(lambda self: self.sim.init_qpos)
+    init_qvel = property(lambda self: self.sim.init_qvel)
+
+    def set_state(self, qpos, qvel):
+        self.sim.set_state(qpos, qvel)
+
+    def _reset_state(self, seed=None):
+        return self.sim.reset(seed=seed)[0].astype(np.float32)
+
+    def _xy(self):
+        return self.sim.data.qpos[:2].copy()  # torso xy (= obs[:2])
+
+    def render(self):
+        return self.sim.render()
+
+    def close(self):
+        self.sim.close()
+
+
+class AntGoalEnv(MujocoTrialEnv):
+    """Ant-v5 (obs includes torso x, y and clipped contact forces) navigating to a goal xy.
+
+    r = -|xy - g|_1 (partial: max(3 - |xy - g|_1, 0)) - 0.01 |a|^2 - 5e-4 |clip(cfrc_ext, -1, 1)|^2
+    """
+
+    sim_class = AntEnv
+    sim_defaults = dict(ctrl_cost_weight=0.01, healthy_reward=0.0, terminate_when_unhealthy=False,
+                        exclude_current_positions_from_observation=False)
+
+    def __init__(self, env_id, sim_kwargs, **trial_kwargs):
+        super().__init__(env_id, sim_kwargs, **trial_kwargs)
+        self.partial = env_id == "AntGoalPartial"
+
+    def _step_state(self, action):
+        obs, _, _, _, info = self.sim.step(action)
+        reward = goal_reward(self.sim.data.qpos[:2], self.task, self.partial)
+        return obs.astype(np.float32), reward + info["reward_ctrl"] + info["reward_contact"]
+
+
+class HumanoidDirEnv(MujocoTrialEnv):
+    """Humanoid-v5 (actions in [-0.4, 0.4], obs includes torso x, y) running in direction d.
+
+    r = d . v_xy(centre of mass) - 0.1 |ctrl|^2 - min(5e-7 |cfrc_ext|^2, 10)   (v5 cost defaults);
+    sparse variant: the velocity term counts only where cos(v_xy, d) >= 0.8.
+    """
+
+    sim_class = HumanoidEnv
+    sim_defaults = dict(healthy_reward=0.0, terminate_when_unhealthy=False,
+                        exclude_current_positions_from_observation=False)
+
+    def __init__(self, env_id, sim_kwargs, **trial_kwargs):
+        super().__init__(env_id, sim_kwargs, **trial_kwargs)
+        self.sparse = env_id == "HumanoidDirSparse"
+
+    def _step_state(self, action):
+        obs, _, _, _, info = self.sim.step(action)
+        v = np.array([info["x_velocity"], info["y_velocity"]])  # centre-of-mass velocity
+        forward = float(self.task @ v)
+        if self.sparse and forward < SPARSE_COS * np.linalg.norm(self.task) * np.linalg.norm(v):
+            forward = 0.0
+        return obs.astype(np.float32), forward + info["reward_ctrl"] + info["reward_contact"]
+
+
+class RandParamsEnv(MujocoTrialEnv):
+    """Hopper-v5 / Walker2d-v5 whose model parameters are scaled by the task's multipliers.
+
+    On every task change: model.<group> = default.<group> * multipliers (all four groups, so the
+    previous task's scaling is undone). r = x velocity (+1 for Hopper) - 1e-3 |a|^2.
+    """
+
+    sim_defaults = dict(terminate_when_unhealthy=False)
+
+    def __init__(self, env_id, sim_kwargs, **trial_kwargs):
+        self.sim_class = HopperEnv if env_id == "HopperRandParams" else Walker2dEnv
+        super().__init__(env_id, sim_kwargs, **trial_kwargs)
+        self.alive_bonus = 1.0 if env_id == "HopperRandParams" else 0.0
+        self.slices = param_group_slices(env_id)
+        self.defaults = {name: getattr(self.model, name).copy() for name in PARAM_GROUPS}
+
+    def _apply_task(self, task):
+        for name, sl in self.slices.items():
+            default = self.defaults[name]
+            getattr(self.model, name)[:] = default * task[sl].reshape(default.shape)
+
+    def _xy(self):  # planar robots: no xy in info
+        return None
+
+    def _step_state(self, action):
+        obs, _, _, _, info = self.sim.step(action)
+        reward = info["x_velocity"] + self.alive_bonus - 1e-3 * np.square(action).sum()
+        return obs.astype(np.float32), reward
+
+
+def make_env(env_id: str, *, episode_length: int = 100, num_episodes: int = 2, seed: int = 0,
+             slot: int = 0, **kwargs) -> gym.Env:
+    """Trial env for one task slot (see ``TrialEnv``); kwargs go to the underlying v5 env."""
+    kind = _kind(env_id)
+    trial = dict(episode_length=episode_length, num_episodes=num_episodes, seed=seed, slot=slot)
+    if env_id == "PointGoal":
+        if kwargs:
+            raise TypeError(f"PointGoal takes no extra kwargs, got {sorted(kwargs)}")
+        return PointGoalEnv(**trial)
+    cls = {"goal": AntGoalEnv, "dir": HumanoidDirEnv, "params": RandParamsEnv}[kind]
+    return cls(env_id, kwargs, **trial)
+
+
+# ----------------------------------------------------------------------------------------------
+# Vector environments
+# ----------------------------------------------------------------------------------------------
+class PointGoalVectorEnv(VectorEnv):
+    """Native numpy batch of ``num_envs`` PointGoal trial envs, step-for-step equal to
+    ``make_env("PointGoal", slot=i)`` (same dynamics function, same task-drawing RNGs).
+
+    All sub-envs run in lockstep and are never auto-reset: reset all of them at every trial.
+    info values are arrays over sub-envs: next_state/xy (n, 2), task (n, 2), cluster,
+    episode_index (n,) int, episode_start (n,) bool (no gymnasium "_key" masks).
+    """
+
+    def __init__(self, num_envs: int, episode_length: int = 100, num_episodes: int = 2,
+                 seed: int = 0):
+        self.num_envs = num_envs
+        self.episode_length, self.num_episodes = episode_length, num_episodes
+        self.trial_length = episode_length * num_episodes
+        self.single_observation_space = Box(-np.inf, np.inf, (2,), np.float32)
+        self.single_action_space = Box(-1.0, 1.0, (2,), np.float32)
+        self.observation_space = batch_space(self.single_observation_space, num_envs)
+        self.action_space = batch_space(self.single_action_space, num_envs)
+        self.metadata = {"autoreset_mode": AutoresetMode.DISABLED}
+        self.split = make_task_split("PointGoal", seed=seed)
+        self.rngs = [np.random.default_rng([seed, i]) for i in range(num_envs)]
+        self.pos = np.zeros((num_envs, 2))
+        self._t = self.trial_length
+
+    def _info(self, **extra):
+        return {"task": self.tasks.copy(), "cluster": self.clusters.copy(), "xy": self.pos.copy(),
+                **extra}
+
+    def reset(self, *, seed=None, options=None):
+        if seed is not None:  # like SyncVectorEnv: sub-env i gets seed + i
+            self.rngs = [np.random.default_rng(seed + i) for i in range(self.num_envs)]
+        chosen = [_choose_task("PointGoal", self.split, self.rngs[i], options or {}, i)
+                  for i in range(self.num_envs)]
+        self.tasks = np.stack([task for task, _ in chosen])
+        self.clusters = np.array([cluster for _, cluster in chosen])
+        self.pos = np.zeros((self.num_envs, 2))
+        self._t = 0
+        info = self._info(episode_index=np.zeros(self.num_envs, dtype=np.int64),
+                          episode_start=np.ones(self.num_envs, dtype=bool))
+        return self.pos.astype(np.float32), info
+
+    def step(self, actions):
+        if self._t >= self.trial_length:
+            raise RuntimeError("the trial is over: call reset()")
+        self.pos, rewards = point_goal_step(self.pos, np.asarray(actions), self.tasks)
+        next_state = self.pos.astype(np.float32)
+        info = self._info(next_state=next_state)
+        self._t += 1
+        truncated = self._t == self.trial_length
+        episode_start = self._t % self.episode_length == 0 and not truncated
+        obs = next_state
+        if episode_start:
+            self.pos = np.zeros((self.num_envs, 2))
+            obs = self.pos.astype(np.float32)
+        n = self.num_envs
+        info["episode_index"] = np.full(n, min(self._t // self.episode_length,
+                                               self.num_episodes - 1))
+        info["episode_start"] = np.full(n, episode_start)
+        return obs, rewards, np.zeros(n, bool), np.full(n, truncated), info
+
+
+def make_vector_env(env_id: str, num_envs: int, *, episode_length: int = 100,
+                    num_episodes: int = 2, seed: int = 0, asynchronous: bool = False,
+                    **kwargs) -> VectorEnv:
+    """``num_envs`` trial envs with autoreset disabled; sub-env i is task slot i.
+
+    Per trial the caller resets all sub-envs at once, usually with
+    ``envs.reset(options={"tasks": tasks, "clusters": clusters})``: sub-env i takes row i of both
+    arrays (shape (num_envs, task_dim) and (num_envs,)). Without tasks each sub-env draws a
+    meta-training task itself. After ``num_episodes * episode_length`` steps all sub-envs report
+    truncated and must be reset. info holds the ``TrialEnv`` keys batched over sub-envs; use
+    ``np.stack(info["next_state"])`` to get a float (num_envs, obs_dim) array for every env id.
+    PointGoal returns the native ``PointGoalVectorEnv``; other ids a Sync/AsyncVectorEnv.
+    """
+    _kind(env_id)
+    if env_id == "PointGoal":
+        if kwargs or asynchronous:
+            raise TypeError("PointGoal's native vector env takes no kwargs / asynchronous")
+        return PointGoalVectorEnv(num_envs, episode_length, num_episodes, seed)
+    fns = [functools.partial(make_env, env_id, episode_length=episode_length,
+                             num_episodes=num_episodes, seed=seed, slot=i, **kwargs)
+           for i in range(num_envs)]
+    cls = AsyncVectorEnv if asynchronous else SyncVectorEnv
+    return cls(fns, autoreset_mode=AutoresetMode.DISABLED)
