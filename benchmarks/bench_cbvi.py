@@ -1,0 +1,45 @@
+"""Time one CBVI loss computation + backward on an AntGoal-sized batch (50 trials x 200 steps).
+
+Usage: python benchmarks/bench_cbvi.py [--repeats 5] [--num-prefixes N] [--threads N]
+"""
+import argparse
+import os
+import statistics
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from cbvi import CBVI  # noqa: E402
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--num-prefixes", type=int, default=None, help="default: all T + 1 prefixes")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--trials", type=int, default=50)
+    ap.add_argument("--length", type=int, default=200)
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    obs_dim, action_dim, T, B = 107, 8, args.length, args.trials   # AntGoal sizes
+    model = CBVI(obs_dim, action_dim, num_prefixes=args.num_prefixes)
+    obs, nxt = torch.randn(T, B, obs_dim), torch.randn(T, B, obs_dim)
+    act, rew = torch.randn(T, B, action_dim), torch.randn(T, B)
+    times = []
+    for i in range(args.repeats + 1):                                # first run = warm-up
+        model.zero_grad()
+        start = time.perf_counter()
+        model.loss(obs, act, rew, nxt)["total"].backward()
+        if i:
+            times.append(time.perf_counter() - start)
+    print(f"CBVI loss+backward, T={T} B={B} prefixes={args.num_prefixes or T + 1} "
+          f"threads={torch.get_num_threads()}: median {1e3 * statistics.median(times):.1f} ms "
+          f"over {args.repeats} repeats")
+
+
+if __name__ == "__main__":
+    main()

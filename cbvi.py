@@ -1,0 +1,263 @@
+"""Cluster-based variational inference (CBVI) for MILET, plus its exploration rewards.
+
+This file holds the task-inference half of MILET ("Meta reInforcement Learning via Exploratory
+clusTering"):
+
+* ``CBVI``: the stacked-GRU encoder, the cluster posterior q(c | tau_:t), the task posterior
+  q(z | h_beta, c), the learnable cluster prior p_omega(z | c) with its target copy p_tgt, and the
+  reward/state decoders. ``CBVI.loss`` is the objective of Section 4.1: the per-prefix ELBO
+  (Eq. 4, 5; derivation in Appendix A), the in-trial consistency L_I (Eq. 6), the prior
+  consistency L_P (Eq. 7) and their sum (Eq. 8, written as a loss to minimise).
+* ``exploration_rewards``: the intrinsic rewards of Section 4.2, r_h (Eq. 10) and r_c (Eq. 11).
+* ``gamma_h`` / ``gamma_c``: their time-dependent weights (the schedules next to Eq. 12).
+
+Conventions: sequences are time-major (T, B, .). A "prefix" tau_:t holds the first t transitions
+(a_i, s_{i+1}, r_i), i < t, so a trial of length T has T + 1 prefixes t = 0..T; prefix 0 is the
+empty history, whose belief is the heads applied to the zero hidden state (a learned constant).
+Every variance is carried as a LOG-variance (``z_logvar``); the authors used a softplus variance
+head instead -- an equivalent parameterisation.
+"""
+import copy
+from typing import NamedTuple
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+from torch.distributions import Categorical, Independent, Normal, kl_divergence
+
+
+class Belief(NamedTuple):
+    """Posterior over (c, z) after some prefix; every field has shape (..., B, .)."""
+    cluster_logits: Tensor  # (B, K)
+    cluster_probs: Tensor   # (B, K) q(c | tau_:t) = softmax(cluster_logits)
+    cluster_sample: Tensor  # (B, K) soft Gumbel-softmax sample (sample=True) or one-hot argmax
+    z_mean: Tensor          # (B, latent_dim) mean of q(z | h_beta, c)
+    z_logvar: Tensor        # (B, latent_dim) LOG-variance of q(z | h_beta, c)
+
+
+def mlp(sizes, out_act=False):
+    layers = []
+    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(nn.Linear(n_in, n_out))
+        if i < len(sizes) - 2 or out_act:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+def gaussian(mean, logvar):
+    """Diagonal Gaussian over the last dimension."""
+    return Independent(Normal(mean, torch.exp(0.5 * logvar)), 1)
+
+
+class SplitDecoder(nn.Module):
+    """MLP on [z, x] whose first layer is split as W [z; x] = W_z z + W_x x (identical maths).
+
+    Every prefix's z must decode every step of the trial: P prefixes x T steps x B trials. The
+    split lets us run the step part once per (t, b) and the z part once per (prefix, b), and only
+    broadcast-add them, instead of building a (P, T, B, latent + features) input tensor.
+    """
+
+    def __init__(self, latent_dim, feat_dim, layers, out_dim):
+        super().__init__()
+        self.from_z = nn.Linear(latent_dim, layers[0])
+        self.from_x = nn.Linear(feat_dim, layers[0], bias=False)
+        self.rest = mlp([*layers, out_dim])
+
+    def forward(self, z, x):  # z (P, 1, B, L), x (T, B, F) -> (P, T, B, out)
+        return self.rest(F.relu(self.from_z(z) + self.from_x(x)))
+
+
+class CBVI(nn.Module):
+    def __init__(self, obs_dim, action_dim, num_clusters=4, latent_dim=10, hidden_size=32,
+                 action_embed=16, state_embed=32, reward_embed=16, stacked=True,
+                 reward_decoder_layers=(64, 32), state_decoder_layers=(256, 128),
+                 temperature=0.8, lambda_s=0.0, kl_weight=0.01, cat_weight=1e-3,
+                 lambda_i=1.0, lambda_p=0.1, num_prefixes=None):
+        super().__init__()
+        self.num_clusters, self.latent_dim, self.hidden_size = num_clusters, latent_dim, hidden_size
+        self.stacked, self.temperature, self.num_prefixes = stacked, temperature, num_prefixes
+        self.lambda_s, self.kl_weight, self.cat_weight = lambda_s, kl_weight, cat_weight
+        self.lambda_i, self.lambda_p = lambda_i, lambda_p
+        self.hidden_dim = 2 * hidden_size if stacked else hidden_size
+        K, H = num_clusters, hidden_size
+
+        # Encoder: Linear+ReLU embeddings of (a_t, s_{t+1}, r_t), then C-GRU -> h_alpha and
+        # T-GRU([embedding, C-GRU output]) -> h_beta (stacked=False: one GRU, h_alpha = h_beta).
+        self.embed_action = mlp([action_dim, action_embed], out_act=True)
+        self.embed_state = mlp([obs_dim, state_embed], out_act=True)
+        self.embed_reward = mlp([1, reward_embed], out_act=True)
+        emb = action_embed + state_embed + reward_embed
+        self.c_gru = nn.GRU(emb, H)
+        self.t_gru = nn.GRU(emb + H, H) if stacked else None
+
+        self.cluster_head = mlp([H, 32, K])                    # q(c | h_alpha) logits
+        # q(z | h_beta, c): h_alpha reaches it through the T-GRU input, as in the authors' code.
+        self.z_body = mlp([H + K, 32], out_act=True)
+        self.z_mean_head = nn.Linear(32, latent_dim)
+        self.z_logvar_head = nn.Linear(32, latent_dim)
+
+        # Learnable cluster prior p_omega(z | c) and its frozen target copy p_tgt.
+        self.prior_net = mlp([K, 32, 2 * latent_dim])
+        self.target_prior_net = copy.deepcopy(self.prior_net).requires_grad_(False)
+
+        # Decoders: r(s_t, a_t, s_{t+1}, z) and, only if lambda_s > 0, s(s_t, a_t, z) -> s_{t+1}.
+        self.dec_embed_state = mlp([obs_dim, state_embed], out_act=True)
+        self.dec_embed_action = mlp([action_dim, action_embed], out_act=True)
+        self.reward_decoder = SplitDecoder(latent_dim, 2 * state_embed + action_embed,
+                                           reward_decoder_layers, 1)
+        self.state_decoder = (SplitDecoder(latent_dim, state_embed + action_embed,
+                                           state_decoder_layers, obs_dim)
+                              if lambda_s > 0 else None)
+
+    # ----------------------------------------------------------------- encoder and posterior
+    def _embed(self, actions, next_obs, rewards):
+        if rewards.dim() == actions.dim() - 1:
+            rewards = rewards.unsqueeze(-1)
+        return torch.cat([self.embed_action(actions), self.embed_state(next_obs),
+                          self.embed_reward(rewards)], dim=-1)
+
+    def _split(self, hidden):  # flat (B, hidden_dim) -> GRU states (1, B, H) each
+        h_a = hidden[..., :self.hidden_size].unsqueeze(0)
+        return h_a, (hidden[..., self.hidden_size:].unsqueeze(0) if self.stacked else h_a)
+
+    def _run_grus(self, emb, hidden):
+        """emb (T, B, E) -> GRU outputs h_alpha, h_beta (T, B, H) and the new flat hidden."""
+        h_a0, h_b0 = self._split(hidden)
+        out_a, h_a = self.c_gru(emb, h_a0.contiguous())
+        if not self.stacked:
+            return out_a, out_a, h_a[0]
+        out_b, h_b = self.t_gru(torch.cat([emb, out_a], dim=-1), h_b0.contiguous())
+        return out_a, out_b, torch.cat([h_a[0], h_b[0]], dim=-1)
+
+    def _cluster(self, logits, sample):
+        if sample:  # soft relaxed sample of q(c | tau_:t) (Appendix A, Gumbel-softmax trick)
+            return F.gumbel_softmax(logits, tau=self.temperature, hard=False)
+        return F.one_hot(logits.argmax(-1), self.num_clusters).to(logits.dtype)
+
+    def _z_params(self, h_beta, c):
+        x = self.z_body(torch.cat([h_beta, c], dim=-1))
+        return self.z_mean_head(x), self.z_logvar_head(x)
+
+    def _belief(self, h_alpha, h_beta, sample):
+        logits = self.cluster_head(h_alpha)
+        c = self._cluster(logits, sample)
+        return Belief(logits, logits.softmax(-1), c, *self._z_params(h_beta, c))
+
+    def initial_belief(self, batch, sample=True):
+        """Zero hidden state and the belief after the empty prefix (heads on the zero state)."""
+        p = next(self.parameters())
+        hidden = torch.zeros(batch, self.hidden_dim, device=p.device, dtype=p.dtype)
+        h_a, h_b = self._split(hidden)
+        return hidden, self._belief(h_a[0], h_b[0], sample)
+
+    def step(self, prev_action, obs, reward, hidden, sample=True):
+        """One online step on (a_t, s_{t+1}, r_t); the same GRU modules on a length-1 sequence."""
+        emb = self._embed(prev_action, obs, reward).unsqueeze(0)
+        h_alpha, h_beta, hidden = self._run_grus(emb, hidden)
+        return hidden, self._belief(h_alpha[0], h_beta[0], sample)
+
+    def _all_prefix_states(self, actions, next_obs, rewards):
+        """h_alpha, h_beta for prefixes t = 0..T, each (T+1, B, H); index 0 = zero state."""
+        B = actions.shape[1]
+        hidden = actions.new_zeros(B, self.hidden_dim)
+        out_a, out_b, _ = self._run_grus(self._embed(actions, next_obs, rewards), hidden)
+        h_a0, h_b0 = self._split(hidden)
+        return torch.cat([h_a0, out_a]), torch.cat([h_b0, out_b])
+
+    def encode(self, actions, next_obs, rewards, sample=True):
+        """Offline pass over (T, B, .) sequences -> Belief with leading dim T + 1."""
+        return self._belief(*self._all_prefix_states(actions, next_obs, rewards), sample)
+
+    # ----------------------------------------------------------------------------- priors
+    def prior(self, cluster):
+        """p_omega(z | c) = N(mu_omega(c), sigma^2_omega(c)) for a soft or one-hot c."""
+        return gaussian(*self.prior_net(cluster).chunk(2, dim=-1))
+
+    def _target_prior(self, cluster):
+        return gaussian(*self.target_prior_net(cluster).chunk(2, dim=-1))
+
+    @torch.no_grad()
+    def refresh_target_prior(self):
+        """Hard copy p_omega -> p_tgt (the authors refresh every 50 iterations)."""
+        self.target_prior_net.load_state_dict(self.prior_net.state_dict())
+
+    # ------------------------------------------------------------------------------- loss
+    def loss(self, obs, actions, rewards, next_obs):
+        """CBVI objective (Eq. 8) on whole time-major trials; returns the terms and the total."""
+        if rewards.dim() == actions.dim() - 1:
+            rewards = rewards.unsqueeze(-1)                       # (T, B, 1)
+        T = actions.shape[0]
+        h_alpha, h_beta = self._all_prefix_states(actions, next_obs, rewards)
+        logits = self.cluster_head(h_alpha)                       # (T+1, B, K)
+
+        # Eq. 6: L_I = 1/T sum_t KL(q(c|tau_:t) || q(c|tau_:t+1)), consecutive steps, all prefixes.
+        consistency = kl_divergence(Categorical(logits=logits[:-1]),
+                                    Categorical(logits=logits[1:])).mean()
+
+        # Prefixes used for the ELBO (Eq. 4): all T + 1, or a random subset (torch's global RNG).
+        if self.num_prefixes is not None and self.num_prefixes < T + 1:
+            idx = torch.randperm(T + 1, device=logits.device)[:self.num_prefixes].sort().values
+            logits, h_beta = logits[idx], h_beta[idx]
+        c = self._cluster(logits, sample=True)                    # (P, B, K) Gumbel-softmax sample
+        q_z = gaussian(*self._z_params(h_beta, c))
+        z = q_z.rsample().unsqueeze(1)                            # (P, 1, B, L) reparameterised
+
+        # Eq. 5: every prefix's z reconstructs the WHOLE trial; sum over steps, mean over P and B.
+        e_s, e_a, e_s1 = (self.dec_embed_state(obs), self.dec_embed_action(actions),
+                          self.dec_embed_state(next_obs))
+        r_hat = self.reward_decoder(z, torch.cat([e_s, e_a, e_s1], dim=-1))   # (P, T, B, 1)
+        reward_rec = (r_hat - rewards).pow(2).sum(dim=(1, 3)).mean()
+        if self.state_decoder is not None:
+            s_hat = self.state_decoder(z, torch.cat([e_s, e_a], dim=-1))       # (P, T, B, S)
+            state_rec = (s_hat - next_obs).pow(2).sum(dim=(1, 3)).mean()
+        else:
+            state_rec = reward_rec.new_zeros(())
+
+        # Eq. 4: KL(q(z|c,tau_:t) || p_omega(z|c)) under the sampled c; KL(q(c|tau_:t) || U(K)).
+        kl_z = kl_divergence(q_z, self.prior(c)).mean()
+        uniform = Categorical(logits=torch.zeros_like(logits))
+        kl_c = kl_divergence(Categorical(logits=logits), uniform).mean()
+
+        # Eq. 7: L_P = 1/K sum_k KL(p_omega(z|c=e_k) || p_tgt(z|c=e_k)).
+        eye = torch.eye(self.num_clusters, device=logits.device, dtype=logits.dtype)
+        prior_cons = kl_divergence(self.prior(eye), self._target_prior(eye)).mean()
+
+        # Eq. 8 as a loss (negated objective). Like the authors' configs, the KL terms carry their
+        # own weights, and L_P is weighted lambda_p * kl_weight ("L_P: 0.1 x the KL weight").
+        total = (reward_rec + self.lambda_s * state_rec + self.kl_weight * kl_z
+                 + self.cat_weight * kl_c + self.lambda_i * consistency
+                 + self.lambda_p * self.kl_weight * prior_cons)
+        return {"reward_reconstruction": reward_rec, "state_reconstruction": state_rec,
+                "kl_z": kl_z, "kl_c": kl_c, "consistency_l_i": consistency,
+                "prior_l_p": prior_cons, "total": total}
+
+
+# ------------------------------------------------------------------------ exploration rewards
+def exploration_rewards(cluster_probs):
+    """cluster_probs (T+1, B, K) = q(c | tau_:t), t = 0..T -> (r_h, r_c), each (T, B).
+
+    The first term is the real q(c | tau_:0) (the initial belief); the authors' code used a uniform
+    distribution as a stand-in for it.
+    """
+    q = Categorical(probs=cluster_probs)
+    entropy = q.entropy()                                         # (T+1, B)
+    r_h = entropy[:-1] - entropy[1:]                              # Eq. 10: r_h = H(q_t) - H(q_{t+1})
+    r_c = -kl_divergence(Categorical(probs=cluster_probs[:-1]),
+                         Categorical(probs=cluster_probs[1:]))   # Eq. 11: r_c = -KL(q_t || q_{t+1})
+    return r_h, r_c
+
+
+def _exp(x):
+    return torch.exp(x) if isinstance(x, Tensor) else np.exp(x)
+
+
+def gamma_h(t, horizon, a_h=0.1, b_h=0.1, s_h=0.1):
+    """Eq. 12 schedule: b_h - a_h exp(-s_h (H - t)); about 0.1 early, 0 at t = H."""
+    return b_h - a_h * _exp(-s_h * (horizon - t))
+
+
+def gamma_c(t, horizon, a_c=0.2, b_c=0.1, s_c=0.1):
+    """Eq. 12 schedule: -b_c + a_c exp(-s_c (H - t)); about -0.1 early, 0.1 at t = H."""
+    return -b_c + a_c * _exp(-s_c * (horizon - t))

@@ -1,0 +1,192 @@
+"""Tests for cbvi.py: shapes, online == offline, KL/entropy maths, rewards, regularisers, learning."""
+import math
+import os
+import sys
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import normalized_mutual_info_score
+from torch.distributions import Categorical, kl_divergence
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from cbvi import CBVI, exploration_rewards, gamma_c, gamma_h, gaussian  # noqa: E402
+
+S, A = 5, 3
+
+
+def trial(T, B, S=S, A=A):
+    return torch.randn(T, B, S), torch.randn(T, B, A), torch.randn(T, B), torch.randn(T, B, S)
+
+
+@pytest.mark.parametrize("B,T", [(1, 1), (1, 7), (3, 1), (4, 12)])
+@pytest.mark.parametrize("stacked", [True, False])
+@pytest.mark.parametrize("lambda_s,num_prefixes", [(0.0, None), (1.0, 2)])
+def test_shapes_and_finite(B, T, stacked, lambda_s, num_prefixes):
+    torch.manual_seed(0)
+    m = CBVI(S, A, stacked=stacked, lambda_s=lambda_s, num_prefixes=num_prefixes)
+    obs, act, rew, nxt = trial(T, B)
+    hidden, b0 = m.initial_belief(B)
+    assert hidden.shape == (B, m.hidden_dim) and b0.cluster_probs.shape == (B, 4)
+    hidden, b1 = m.step(act[0], nxt[0], rew[0], hidden)          # reward as (B,)
+    hidden, b1 = m.step(act[0], nxt[0], rew[0, :, None], hidden)  # reward as (B, 1)
+    assert hidden.shape == (B, m.hidden_dim)
+    assert b1.z_mean.shape == b1.z_logvar.shape == (B, 10) and b1.cluster_sample.shape == (B, 4)
+    enc = m.encode(act, nxt, rew[..., None])
+    assert enc.cluster_logits.shape == (T + 1, B, 4) and enc.z_mean.shape == (T + 1, B, 10)
+    for rewards in (rew, rew[..., None]):
+        out = m.loss(obs, act, rewards, nxt)
+        assert set(out) == {"reward_reconstruction", "state_reconstruction", "kl_z", "kl_c",
+                            "consistency_l_i", "prior_l_p", "total"}
+        assert all(v.dim() == 0 and torch.isfinite(v) for v in out.values())
+        assert (out["state_reconstruction"] == 0) == (lambda_s == 0)
+
+
+@pytest.mark.parametrize("stacked", [True, False])
+def test_online_equals_offline(stacked):
+    torch.manual_seed(1)
+    m = CBVI(S, A, stacked=stacked)
+    _, act, rew, nxt = trial(15, 6)
+    with torch.no_grad():
+        offline = m.encode(act, nxt, rew, sample=False)
+        hidden, b = m.initial_belief(6, sample=False)
+        online = [b]
+        for t in range(15):
+            hidden, b = m.step(act[t], nxt[t], rew[t], hidden, sample=False)
+            online.append(b)
+    for field in ("cluster_probs", "cluster_sample", "z_mean", "z_logvar"):
+        stacked_online = torch.stack([getattr(b, field) for b in online])
+        torch.testing.assert_close(stacked_online, getattr(offline, field), atol=1e-5, rtol=1e-5)
+
+
+def test_gaussian_kl_matches_closed_form():
+    torch.manual_seed(2)
+    m1, lv1, m2, lv2 = torch.randn(4, 7, 6).unbind(0)
+    # KL(N1||N2) = 1/2 sum_d [ log(v2/v1) + (v1 + (m1 - m2)^2) / v2 - 1 ]
+    closed = 0.5 * (lv2 - lv1 + (lv1.exp() + (m1 - m2) ** 2) / lv2.exp() - 1).sum(-1)
+    torch.testing.assert_close(kl_divergence(gaussian(m1, lv1), gaussian(m2, lv2)), closed)
+
+
+def test_categorical_kl_and_entropy_by_hand():
+    p, q = [0.7, 0.2, 0.1], [0.25, 0.25, 0.5]
+    kl = sum(pi * math.log(pi / qi) for pi, qi in zip(p, q))
+    ent = -sum(pi * math.log(pi) for pi in p)
+    P, Q = Categorical(probs=torch.tensor(p)), Categorical(probs=torch.tensor(q))
+    assert kl_divergence(P, Q).item() == pytest.approx(kl, abs=1e-6)
+    assert P.entropy().item() == pytest.approx(ent, abs=1e-6)
+    r_h, r_c = exploration_rewards(torch.tensor([p, q])[:, None])
+    assert r_h.item() == pytest.approx(ent - Categorical(probs=torch.tensor(q)).entropy().item())
+    assert r_c.item() == pytest.approx(-kl, abs=1e-6)
+
+
+def test_exploration_rewards_telescoping_and_sign():
+    torch.manual_seed(3)
+    probs = torch.randn(21, 5, 4).softmax(-1)
+    r_h, r_c = exploration_rewards(probs)
+    assert r_h.shape == r_c.shape == (20, 5)
+    ent = Categorical(probs=probs).entropy()
+    torch.testing.assert_close(r_h.sum(0), ent[0] - ent[-1])           # telescoping sum
+    assert (r_c < 0).all()                                             # posteriors all differ
+    const = probs[:1].expand(21, 5, 4)
+    r_h0, r_c0 = exploration_rewards(const)
+    assert r_h0.abs().max() < 1e-6 and r_c0.abs().max() < 1e-6
+    mixed = const.clone()
+    mixed[10:] = probs[10:]                                            # changes only from t=9 -> 10
+    _, r_c1 = exploration_rewards(mixed)
+    assert r_c1[:9].abs().max() < 1e-6 and (r_c1[9:] < 0).all()
+
+
+def test_consistency_zero_for_constant_posterior():
+    torch.manual_seed(4)
+    m = CBVI(S, A)
+    obs, act, rew, nxt = trial(10, 3)
+    with torch.no_grad():  # constant cluster head: q(c|tau_:t) identical for every t
+        last = m.cluster_head[-1]
+        last.weight.zero_()
+        last.bias.copy_(torch.tensor([0.5, -1.0, 2.0, 0.0]))
+    out = m.loss(obs, act, rew, nxt)
+    assert out["consistency_l_i"].abs().item() < 1e-7
+    assert out["kl_c"].item() > 0.1                                    # but not uniform
+
+
+def test_prior_consistency_and_target_refresh():
+    torch.manual_seed(5)
+    m = CBVI(S, A)
+    obs, act, rew, nxt = trial(8, 4)
+    with torch.no_grad():
+        m.prior_net[0].weight.add_(1.0)                # p_omega now differs from p_tgt
+    assert m.loss(obs, act, rew, nxt)["prior_l_p"].item() > 0
+    m.refresh_target_prior()
+    assert m.loss(obs, act, rew, nxt)["prior_l_p"].abs().item() < 1e-6
+    opt = torch.optim.Adam(m.prior_net.parameters(), lr=1e-2)
+    m.loss(obs, act, rew, nxt)["total"].backward()
+    opt.step()
+    assert m.loss(obs, act, rew, nxt)["prior_l_p"].item() > 0
+    assert all(not p.requires_grad for p in m.target_prior_net.parameters())
+
+
+@pytest.mark.parametrize("stacked", [True, False])
+def test_gradient_flow(stacked):
+    torch.manual_seed(6)
+    m = CBVI(S, A, lambda_s=1.0, stacked=stacked)
+    obs, act, rew, nxt = trial(12, 8)
+    m.loss(obs, act, rew, nxt)["total"].backward()
+    for name, p in m.named_parameters():
+        if name.startswith("target_prior_net"):
+            assert p.grad is None, name
+        else:
+            assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_gamma_schedules():
+    H = 100
+    assert gamma_h(0, H) == pytest.approx(0.1, abs=1e-4) and gamma_h(H, H) == pytest.approx(0.0)
+    assert gamma_c(0, H) == pytest.approx(-0.1, abs=1e-4) and gamma_c(H, H) == pytest.approx(0.1)
+    t = np.arange(H + 1)
+    assert np.all(np.diff(gamma_h(t, H)) < 0) and np.all(np.diff(gamma_c(t, H)) > 0)
+    torch.testing.assert_close(gamma_c(torch.arange(H + 1.0), H),
+                               torch.tensor(gamma_c(t, H), dtype=torch.float32))
+
+
+def clustered_trials(B, T, generator=None):
+    """4 well-separated clusters of linear reward functions r = w . [1, s_{t+1}] + noise.
+
+    The cluster sets the bias weight (-3, -1, 1, 3); each task adds its own slope 0.3 * N(0, I)
+    on s_{t+1} (within-cluster variation) and there is 0.05 observation noise.
+    """
+    labels = torch.randint(0, 4, (B,), generator=generator)
+    slope = 0.3 * torch.randn(B, 2, generator=generator)
+    obs, nxt = torch.randn(T, B, 2, generator=generator), torch.randn(T, B, 2, generator=generator)
+    act = torch.randn(T, B, 2, generator=generator)
+    bias = torch.tensor([-3.0, -1.0, 1.0, 3.0])[labels]
+    rew = bias + (nxt * slope).sum(-1) + 0.05 * torch.randn(T, B, generator=generator)
+    return obs, act, rew, nxt, labels
+
+
+def train_and_score(seed, steps=800, T=30, B=32):
+    """Train CBVI on fresh clustered trials; NMI of argmax q(c | full trial) on held-out trials.
+
+    Settings: kl_weight 0.3 and cat_weight 0 (the categorical KL to uniform and the Gumbel noise
+    work against committing to clusters; the KL to the cluster-specific prior is what rewards it).
+    Calibrated over seeds 0-7: see the report; every seed reached NMI >= 0.99.
+    """
+    torch.manual_seed(seed)
+    m = CBVI(2, 2, latent_dim=4, action_embed=8, state_embed=16, reward_embed=8,
+             reward_decoder_layers=(32, 32), kl_weight=0.3, cat_weight=0.0, num_prefixes=8)
+    opt = torch.optim.Adam(m.parameters(), lr=3e-3)
+    for i in range(steps):
+        obs, act, rew, nxt, _ = clustered_trials(B, T)
+        loss = m.loss(obs, act, rew, nxt)["total"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if (i + 1) % 50 == 0:
+            m.refresh_target_prior()
+    obs, act, rew, nxt, labels = clustered_trials(512, T, torch.Generator().manual_seed(10_000 + seed))
+    with torch.no_grad():
+        pred = m.encode(act, nxt, rew, sample=False).cluster_probs[-1].argmax(-1)
+    return normalized_mutual_info_score(labels.numpy(), pred.numpy())
+
+
+def test_learns_clusters():
+    assert train_and_score(seed=0) >= 0.9
