@@ -10,6 +10,7 @@ clusTering"):
   consistency L_P (Eq. 7) and their sum (Eq. 8, written as a loss to minimise).
 * ``exploration_rewards``: the intrinsic rewards of Section 4.2, r_h (Eq. 10) and r_c (Eq. 11).
 * ``gamma_h`` / ``gamma_c``: their time-dependent weights (the schedules next to Eq. 12).
+* ``TrialBuffer``: the buffer V of whole trials that CBVI trains on (Algorithm 1).
 
 Conventions: sequences are time-major (T, B, .). A "prefix" tau_:t holds the first t transitions
 (a_i, s_{i+1}, r_i), i < t, so a trial of length T has T + 1 prefixes t = 0..T; prefix 0 is the
@@ -261,3 +262,35 @@ def gamma_h(t, horizon, a_h=0.1, b_h=0.1, s_h=0.1):
 def gamma_c(t, horizon, a_c=0.2, b_c=0.1, s_c=0.1):
     """Eq. 12 schedule: -b_c + a_c exp(-s_c (H - t)); about -0.1 early, 0.1 at t = H."""
     return -b_c + a_c * _exp(-s_c * (horizon - t))
+
+
+# ------------------------------------------------------------------------------ trial buffer
+class TrialBuffer:
+    """The CBVI buffer V of Algorithm 1: a ring of whole trials, kept on the CPU.
+    Each inner episode is stored as its H+1 states, so s_t and s_{t+1} share memory (the authors stored both,
+    about 1.8 GB for AntGoal at 10,000 trials; this layout halves it)."""
+
+    def __init__(self, capacity: int, num_episodes: int, episode_length: int, obs_dim: int, action_dim: int):
+        self.states = torch.zeros(capacity, num_episodes, episode_length + 1, obs_dim)
+        self.actions = torch.zeros(capacity, num_episodes * episode_length, action_dim)
+        self.rewards = torch.zeros(capacity, num_episodes * episode_length)
+        self.capacity, self.size, self.position = capacity, 0, 0
+
+    def add(self, obs, actions, rewards, next_obs):
+        """Store a batch of trials given time-major (T, B, .) tensors."""
+        num_episodes, steps = self.states.shape[1], self.states.shape[2] - 1
+        batch = actions.shape[1]
+        first_states = obs.view(num_episodes, steps, batch, -1)[:, :1]
+        episode_states = torch.cat([first_states, next_obs.view(num_episodes, steps, batch, -1)], 1)
+        index = (self.position + torch.arange(batch)) % self.capacity
+        self.states[index] = episode_states.permute(2, 0, 1, 3).cpu()
+        self.actions[index], self.rewards[index] = actions.transpose(0, 1).cpu(), rewards.transpose(0, 1).cpu()
+        self.position, self.size = (self.position + batch) % self.capacity, min(self.size + batch, self.capacity)
+
+    def sample(self, batch_size: int, device):
+        """A batch of whole trials, time-major: (obs, actions, rewards, next_obs)."""
+        index = torch.randint(self.size, (batch_size,))
+        states = self.states[index].to(device)
+        obs, next_obs = states[:, :, :-1].flatten(1, 2), states[:, :, 1:].flatten(1, 2)
+        return (obs.transpose(0, 1), self.actions[index].to(device).transpose(0, 1),
+                self.rewards[index].to(device).transpose(0, 1), next_obs.transpose(0, 1))

@@ -10,7 +10,7 @@ from sklearn.metrics import normalized_mutual_info_score
 from torch.distributions import Categorical, kl_divergence
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from cbvi import CBVI, exploration_rewards, gamma_c, gamma_h, gaussian  # noqa: E402
+from cbvi import CBVI, TrialBuffer, exploration_rewards, gamma_c, gamma_h, gaussian  # noqa: E402
 
 S, A = 5, 3
 
@@ -136,6 +136,24 @@ def test_gradient_flow(stacked):
             assert p.grad is None, name
         else:
             assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_trial_buffer_returns_the_trials_it_stored_and_wraps_around():
+    num_episodes, H, B = 2, 4, 3
+    obs, act, rew, nxt = trial(num_episodes * H, B)
+    for e in range(num_episodes):  # within an inner episode s_{t+1} of one step is s_t of the next
+        obs[e * H + 1:(e + 1) * H] = nxt[e * H:(e + 1) * H - 1]
+    buffer = TrialBuffer(capacity=4, num_episodes=num_episodes, episode_length=H, obs_dim=S, action_dim=A)
+    buffer.add(obs, act, rew, nxt)
+    torch.manual_seed(0)
+    got = buffer.sample(50, "cpu")
+    torch.manual_seed(0)
+    index = torch.randint(B, (50,))
+    for stored, original in zip(got, (obs, act, rew, nxt)):
+        assert torch.equal(stored, original[:, index])
+    buffer.add(obs, act, rew, nxt)  # 6 trials into 4 slots: the ring overwrites the oldest
+    assert buffer.size == 4 and buffer.position == 2
+    assert torch.equal(buffer.actions[0], act[:, 1]) and torch.equal(buffer.actions[3], act[:, 0])
 
 
 def test_gamma_schedules():
