@@ -1,0 +1,565 @@
+"""MILET with PPO for continuous actions: the whole meta-training loop in one file (CleanRL style).
+
+Paper: "Unravel Structured Heterogeneity of Tasks in Meta-RL via Exploratory Clustering" (MILET).
+Read it next to the paper's Algorithm 1 (meta-train) and Algorithm 2 (meta-test), Appendix B:
+  1. sample tasks and roll out one trial each: pi_psi explores in episode 1, pi_phi exploits in episodes 2..N+1,
+     while the CBVI encoder (cbvi.py, Sec. 4.1) updates its belief about cluster c and task latent z online;
+  2. reward pi_psi with the environment reward plus the cluster-uncertainty bonuses (Eq. 9-12);
+  3. one PPO update of each policy on its own part of the trial;
+  4. one CBVI update (Eq. 4-8) on whole trials drawn from a trial buffer;
+  5. every `eval_every` iterations, meta-test on held-out tasks (Algorithm 2), with the NMI of the inferred clusters.
+
+    python milet_ppo_continuous.py                          # PointGoal, about 10 minutes on 2 CPU cores
+    python milet_ppo_continuous.py --env-id AntGoal --num-clusters 6
+    python milet_ppo_continuous.py --eval-checkpoint runs/<run>/milet.pt   # re-run the meta-test evaluation
+"""
+import json
+import os
+import random
+import sys
+import time
+from dataclasses import asdict, dataclass
+from typing import Optional
+
+import gymnasium as gym
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torch.optim as optim
+import tyro
+from gymnasium.wrappers.utils import RunningMeanStd
+from sklearn.metrics import normalized_mutual_info_score
+from torch.distributions.normal import Normal
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+import envs_clustered
+from cbvi import CBVI, TrialBuffer, exploration_rewards, gamma_c, gamma_h
+
+
+@dataclass
+class Args:
+    exp_name: str = os.path.basename(__file__)[: -len(".py")]
+    """the name of this experiment"""
+    seed: int = 1
+    """seed of the experiment (policies, encoder, task sampling, environments)"""
+    torch_deterministic: bool = True
+    """if toggled, `torch.backends.cudnn.deterministic=True`"""
+    cuda: bool = True
+    """if toggled, cuda will be enabled when available"""
+    track: bool = False
+    """if toggled, this experiment will be tracked with Weights and Biases (needs `pip install wandb`)"""
+    wandb_project_name: str = "milet"
+    """the wandb's project name"""
+    wandb_entity: Optional[str] = None
+    """the entity (team) of wandb's project"""
+    runs_dir: str = "runs"
+    """folder that receives runs/<run_name>/ (tensorboard events, eval.jsonl, summary.json, checkpoint)"""
+    save_model: bool = False
+    """if toggled, save a checkpoint (runs/<run_name>/milet.pt) at every evaluation"""
+    eval_checkpoint: Optional[str] = None
+    """if set, load this checkpoint, re-run the meta-test evaluation, print it as JSON and exit"""
+    eval_every: int = 25
+    """meta-test evaluation every this many iterations (and before training and at the end)"""
+
+    # Environment and trials (Sec. 3)
+    env_id: str = "PointGoal"
+    """the environment id, one of envs_clustered.ENV_IDS"""
+    task_seed: int = 0
+    """seed of the 500 train / 32 test task split (kept fixed across training seeds, as in the paper)"""
+    total_timesteps: Optional[int] = None
+    """total environment frames of the experiment (None: per env, see ENV_DEFAULTS)"""
+    num_envs: int = 16
+    """the number of parallel trials (one task each) per iteration"""
+    episode_length: int = 100
+    """H, the length of every episode"""
+    num_exploit_episodes: int = 1
+    """N, exploitation episodes after the exploration episode"""
+    async_envs: bool = False
+    """if toggled, step MuJoCo environments in worker processes (gymnasium AsyncVectorEnv)"""
+
+    # Cluster-based variational inference (Sec. 4.1)
+    num_clusters: int = 4
+    """K, the number of clusters the model assumes"""
+    latent_dim: int = 10
+    """dimension of the task latent z"""
+    stacked_gru: bool = True
+    """stacked C-GRU/T-GRU encoder; --no-stacked-gru uses one GRU (the "no S-GRU" ablation, App. E)"""
+    encoder_hidden_size: Optional[int] = None
+    """GRU hidden size (None: per env, see ENV_DEFAULTS)"""
+    encoder_embed_sizes: Optional[tuple[int, int, int]] = None
+    """embedding sizes of action, state and reward (None: per env, see ENV_DEFAULTS)"""
+    reward_decoder_layers: Optional[tuple[int, ...]] = None
+    """hidden layers of the reward decoder (None: per env, see ENV_DEFAULTS)"""
+    state_decoder_layers: tuple[int, ...] = (256, 128)
+    """hidden layers of the state decoder (used only when lambda_s > 0)"""
+    vae_lr: float = 1e-3
+    """learning rate of the CBVI Adam optimizer"""
+    vae_buffer_size: int = 10_000
+    """capacity of the CBVI trial buffer, in trials"""
+    vae_batch_size: int = 50
+    """trials per CBVI update"""
+    vae_updates: Optional[int] = None
+    """CBVI updates per iteration (None: per env, see ENV_DEFAULTS)"""
+    vae_num_prefixes: Optional[int] = None
+    """prefixes tau_:t per trial in the ELBO (a random subset, as the authors); 0 uses all (None: per env, see ENV_DEFAULTS)"""
+    gumbel_temperature: float = 0.8
+    """temperature of the Gumbel-softmax cluster sample during training"""
+    lambda_s: Optional[float] = None
+    """weight of the state reconstruction (Eq. 5): 0 for reward clusters, 1 for dynamics clusters (None: per env, see ENV_DEFAULTS)"""
+    lambda_i: float = 1.0
+    """weight of the in-trial consistency regulariser L_I (Eq. 6, 8)"""
+    lambda_p: float = 0.1
+    """weight of the prior consistency regulariser L_P (Eq. 7, 8), applied on top of kl_weight"""
+    kl_weight: Optional[float] = None
+    """weight of KL(q(z|c,tau) || p(z|c)) (None: per env, see ENV_DEFAULTS)"""
+    cat_weight: Optional[float] = None
+    """weight of KL(q(c|tau) || p(c)) (None: per env, see ENV_DEFAULTS)"""
+    target_prior_every: int = 50
+    """refresh the target prior p_tgt(z|c) with a hard copy every this many iterations"""
+
+    # Exploration reward schedules (Eq. 12)
+    a_h: float = 0.1
+    """gamma_h(t) = b_h - a_h exp(-s_h (H - t))"""
+    b_h: float = 0.1
+    """see a_h"""
+    s_h: float = 0.1
+    """see a_h"""
+    a_c: float = 0.2
+    """gamma_c(t) = -b_c + a_c exp(-s_c (H - t))"""
+    b_c: float = 0.1
+    """see a_c"""
+    s_c: float = 0.1
+    """see a_c"""
+    policy_cluster_probs: bool = True
+    """also feed q(c | tau_:t) to both policies (our addition); --no-policy-cluster-probs: state, z mean, z var only"""
+    exploration_policy: bool = True
+    """separate exploration policy; --no-exploration-policy lets pi_phi act everywhere with no bonus (App. E)"""
+
+    # PPO (both policies)
+    exploit_lr: Optional[float] = None
+    """learning rate of the exploitation policy pi_phi (None: per env, see ENV_DEFAULTS)"""
+    explore_lr: Optional[float] = None
+    """learning rate of the exploration policy pi_psi (None: per env, see ENV_DEFAULTS)"""
+    exploit_ent_coef: Optional[float] = None
+    """entropy coefficient of pi_phi (None: per env, see ENV_DEFAULTS)"""
+    explore_ent_coef: Optional[float] = None
+    """entropy coefficient of pi_psi (None: per env, see ENV_DEFAULTS)"""
+    anneal_lr: bool = True
+    """toggle learning rate annealing for both policies"""
+    policy_layers: Optional[tuple[int, ...]] = None
+    """hidden layers of each actor and critic (None: per env, see ENV_DEFAULTS)"""
+    gamma: float = 0.97
+    """the discount factor gamma"""
+    gae_lambda: float = 0.9
+    """the lambda for the general advantage estimation"""
+    num_minibatches: Optional[int] = None
+    """the number of mini-batches per PPO epoch (None: per env, see ENV_DEFAULTS)"""
+    update_epochs: Optional[int] = None
+    """the K epochs to update each policy (None: per env, see ENV_DEFAULTS)"""
+    norm_adv: bool = True
+    """toggles advantages normalization"""
+    clip_coef: Optional[float] = None
+    """the surrogate clipping coefficient (also clips the value loss) (None: per env, see ENV_DEFAULTS)"""
+    huber_value_loss: bool = True
+    """Huber (smooth L1) clipped value loss as the authors; --no-huber-value-loss uses the squared error"""
+    vf_coef: float = 0.5
+    """coefficient of the value function"""
+    max_grad_norm: float = 0.5
+    """the maximum norm for the gradient clipping"""
+
+    # to be filled in runtime
+    trial_length: int = 0
+    """(1 + N) * H, filled in at runtime"""
+    num_iterations: int = 0
+    """the number of iterations (computed in runtime)"""
+
+
+# Per-environment defaults: the authors' configs (REFERENCE.md). A flag left unset takes its env's value.
+ANT = dict(total_timesteps=50_000_000, exploit_lr=1e-4, explore_lr=1e-4, exploit_ent_coef=1e-4, explore_ent_coef=1e-3,
+           clip_coef=0.05, update_epochs=2, num_minibatches=8, policy_layers=(128, 64), encoder_hidden_size=32,
+           encoder_embed_sizes=(16, 32, 16), reward_decoder_layers=(64, 32), kl_weight=0.01, cat_weight=1e-3,
+           lambda_s=0.0, vae_updates=1, vae_num_prefixes=50)
+HUMANOID = dict(ANT, total_timesteps=30_000_000, encoder_hidden_size=128, policy_layers=(512, 256), clip_coef=0.1,
+                update_epochs=4, num_minibatches=2, kl_weight=1e-3, cat_weight=1e-4)
+RAND_PARAMS = dict(ANT, total_timesteps=10_000_000, encoder_hidden_size=64, encoder_embed_sizes=(32, 32, 32),
+                   reward_decoder_layers=(256, 64), policy_layers=(128, 128), lambda_s=1.0,
+                   exploit_ent_coef=1e-3, explore_ent_coef=1e-2)
+ENV_DEFAULTS = {
+    # Not in the paper. Deviation so that the default run learns in 10 minutes on 2 CPU cores: 4 CBVI updates per
+    # iteration on 10 prefixes each, KL weight 0.1, larger PPO steps (lr 1e-3, clip 0.2, 4 epochs x 4 minibatches).
+    "PointGoal": dict(ANT, total_timesteps=2_000_000, exploit_lr=1e-3, explore_lr=1e-3, explore_ent_coef=1e-2,
+                      clip_coef=0.2, update_epochs=4, num_minibatches=4, vae_updates=4, vae_num_prefixes=10,
+                      kl_weight=0.1),
+    "AntGoal": ANT, "AntGoalPartial": ANT, "AntU": ANT, "HumanoidDir": HUMANOID, "HumanoidDirSparse": HUMANOID,
+    "HopperRandParams": dict(RAND_PARAMS, exploit_lr=5e-4, explore_lr=1e-4, kl_weight=1e-4, cat_weight=1e-4),
+    "WalkerRandParams": dict(RAND_PARAMS, exploit_lr=3e-4, explore_lr=3e-4, kl_weight=1e-3, cat_weight=1e-3),
+}
+
+
+def check_args(args: Args) -> None:
+    """Fill the per-env defaults, then reject impossible settings with one clear line before anything is written."""
+    if args.env_id not in envs_clustered.ENV_IDS:
+        raise ValueError(f"unknown --env-id {args.env_id!r}; valid ids: {', '.join(envs_clustered.ENV_IDS)}")
+    for name, value in ENV_DEFAULTS[args.env_id].items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    if args.num_clusters < 1:
+        raise ValueError(f"--num-clusters must be >= 1, got {args.num_clusters}")
+    if args.episode_length < 1 or args.num_exploit_episodes < 1:
+        raise ValueError("--episode-length and --num-exploit-episodes must be >= 1")
+    if args.num_envs < 1 or args.num_envs % args.num_minibatches:
+        raise ValueError(f"--num-envs ({args.num_envs}) must be a positive multiple of --num-minibatches ({args.num_minibatches})")
+    one_iteration = args.num_envs * (1 + args.num_exploit_episodes) * args.episode_length
+    if args.total_timesteps < one_iteration:
+        raise ValueError(f"--total-timesteps ({args.total_timesteps}) is below one iteration ({one_iteration} frames)")
+
+
+def make_env(args: Args, num_envs: int, seed: int) -> gym.vector.VectorEnv:
+    """num_envs task slots, each a trial of 1 + N episodes of H steps (Sec. 3); see envs_clustered.py."""
+    envs = envs_clustered.make_vector_env(
+        args.env_id, num_envs, episode_length=args.episode_length, num_episodes=1 + args.num_exploit_episodes,
+        seed=seed, asynchronous=args.async_envs,
+    )
+    return gym.wrappers.vector.ClipAction(envs)
+
+
+def layer_init(layer, std=np.sqrt(2), bias_const=0.0):
+    torch.nn.init.orthogonal_(layer.weight, std)
+    torch.nn.init.constant_(layer.bias, bias_const)
+    return layer
+
+
+def mlp(in_dim: int, hidden: tuple[int, ...], out_dim: int, out_std: float) -> nn.Sequential:
+    layers = []
+    for width in hidden:
+        layers += [layer_init(nn.Linear(in_dim, width)), nn.Tanh()]
+        in_dim = width
+    return nn.Sequential(*layers, layer_init(nn.Linear(in_dim, out_dim), std=out_std))
+
+
+class Agent(nn.Module):
+    """A PPO actor-critic on [normalised state, z mean, z log-variance]. MILET has two of them:
+    the exploration policy pi_psi and the exploitation policy pi_phi (Sec. 4.2)."""
+
+    def __init__(self, input_dim: int, action_dim: int, hidden: tuple[int, ...]):
+        super().__init__()
+        self.critic = mlp(input_dim, hidden, 1, out_std=1.0)
+        self.actor_mean = mlp(input_dim, hidden, action_dim, out_std=0.01)
+        self.actor_logstd = nn.Parameter(torch.zeros(1, action_dim))  # state-independent, initialised to log 1
+
+    def get_value(self, x):
+        return self.critic(x)
+
+    def get_action_and_value(self, x, action=None, deterministic=False):
+        action_mean = self.actor_mean(x)
+        probs = Normal(action_mean, self.actor_logstd.expand_as(action_mean).exp())
+        if action is None:
+            action = action_mean if deterministic else probs.sample()
+        return action, probs.log_prob(action).sum(1), probs.entropy().sum(1), self.critic(x).squeeze(-1)
+
+
+def build_models(args: Args, obs_dim: int, action_dim: int, device):
+    """The CBVI model (cbvi.py) and the two policies; pi_psi is None for --no-exploration-policy."""
+    cbvi = CBVI(
+        obs_dim, action_dim, num_clusters=args.num_clusters, latent_dim=args.latent_dim,
+        hidden_size=args.encoder_hidden_size, action_embed=args.encoder_embed_sizes[0],
+        state_embed=args.encoder_embed_sizes[1], reward_embed=args.encoder_embed_sizes[2], stacked=args.stacked_gru,
+        reward_decoder_layers=args.reward_decoder_layers, state_decoder_layers=args.state_decoder_layers,
+        temperature=args.gumbel_temperature, lambda_s=args.lambda_s, kl_weight=args.kl_weight,
+        cat_weight=args.cat_weight, lambda_i=args.lambda_i, lambda_p=args.lambda_p, num_prefixes=args.vae_num_prefixes or None,
+    ).to(device)
+    policy_input_dim = obs_dim + 2 * args.latent_dim + (args.num_clusters if args.policy_cluster_probs else 0)
+    exploit_agent = Agent(policy_input_dim, action_dim, args.policy_layers).to(device)
+    explore_agent = Agent(policy_input_dim, action_dim, args.policy_layers).to(device) if args.exploration_policy else None
+    return cbvi, explore_agent, exploit_agent
+
+
+def policy_input(obs: np.ndarray, belief, obs_rms: RunningMeanStd, args: Args, device) -> torch.Tensor:
+    """pi(a | s, z_c): the normalised state, the belief's z mean and log-variance (REFERENCE.md) and, unless
+    --no-policy-cluster-probs, q(c | tau_:t), which is the same in training and evaluation (z's c is not)."""
+    norm_obs = np.clip((obs - obs_rms.mean) / np.sqrt(obs_rms.var + 1e-8), -10, 10)
+    parts = [torch.as_tensor(norm_obs, dtype=torch.float32, device=device), belief.z_mean, belief.z_logvar]
+    return torch.cat(parts + ([belief.cluster_probs] if args.policy_cluster_probs else []), -1)
+
+
+def check_finite(losses: dict, iteration: int) -> None:
+    for name, value in losses.items():
+        if not torch.isfinite(value).all():
+            raise FloatingPointError(f"loss term '{name}' is {value.item()} at iteration {iteration}; stopping "
+                                     "(the last checkpoint and the logs written so far are kept)")
+
+
+def gae(rewards, values, gamma, gae_lambda):
+    """Advantages over one policy's segment of the trial (T, B). The segment ends the policy's episodes,
+    so nothing is bootstrapped past its last step."""
+    advantages, last_gae = torch.zeros_like(rewards), 0.0
+    for t in reversed(range(len(rewards))):
+        next_value = values[t + 1] if t + 1 < len(rewards) else 0.0
+        delta = rewards[t] + gamma * next_value - values[t]
+        advantages[t] = last_gae = delta + gamma * gae_lambda * last_gae
+    return advantages, advantages + values
+
+
+def ppo_update(agent, optimizer, inputs, actions, logprobs, advantages, returns, values, ent_coef, args, iteration):
+    """CleanRL's PPO update on one policy's flat batch, with the authors' Huber clipped value loss."""
+    value_loss_fn = F.smooth_l1_loss if args.huber_value_loss else F.mse_loss
+    minibatch_size = len(inputs) // args.num_minibatches
+    clipfracs = []
+    for epoch in range(args.update_epochs):
+        for mb in torch.randperm(len(inputs)).split(minibatch_size):
+            _, newlogprob, entropy, newvalue = agent.get_action_and_value(inputs[mb], actions[mb])
+            logratio = newlogprob - logprobs[mb]
+            ratio = logratio.exp()
+            with torch.no_grad():
+                approx_kl = ((ratio - 1) - logratio).mean()
+                clipfracs.append(((ratio - 1.0).abs() > args.clip_coef).float().mean().item())
+            mb_advantages = advantages[mb]
+            if args.norm_adv:
+                mb_advantages = (mb_advantages - mb_advantages.mean()) / (mb_advantages.std() + 1e-8)
+            pg_loss = torch.max(-mb_advantages * ratio, -mb_advantages * ratio.clamp(1 - args.clip_coef, 1 + args.clip_coef)).mean()
+            v_clipped = values[mb] + (newvalue - values[mb]).clamp(-args.clip_coef, args.clip_coef)
+            v_loss = 0.5 * torch.max(value_loss_fn(newvalue, returns[mb], reduction="none"),
+                                     value_loss_fn(v_clipped, returns[mb], reduction="none")).mean()
+            entropy_loss = entropy.mean()
+            loss = pg_loss - ent_coef * entropy_loss + v_loss * args.vf_coef
+            check_finite({"policy_loss": pg_loss, "value_loss": v_loss}, iteration)
+            optimizer.zero_grad()
+            loss.backward()
+            nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
+            optimizer.step()
+    return {"policy_loss": pg_loss.item(), "value_loss": v_loss.item(), "entropy": entropy_loss.item(),
+            "approx_kl": approx_kl.item(), "clipfrac": float(np.mean(clipfracs))}
+
+
+@torch.no_grad()
+def evaluate(args: Args, cbvi, explore_agent, exploit_agent, obs_rms, eval_envs, split, device) -> dict:
+    """Meta-test (Algorithm 2) on the fixed test tasks: mean actions and the argmax cluster.
+    Reads the training observation statistics but never updates them (the authors' code did)."""
+    num_tasks, steps = len(split.test_tasks), args.episode_length
+    num_episodes = 1 + args.num_exploit_episodes
+    obs, info = eval_envs.reset(seed=args.seed + 10_000, options={"tasks": split.test_tasks, "clusters": split.test_clusters})
+    hidden, belief = cbvi.initial_belief(num_tasks, sample=False)
+    episode_returns, predicted_clusters = np.zeros((num_episodes, num_tasks)), []
+    xy_trace = [np.stack(info["xy"])] if "xy" in info else None
+    for step in range(num_episodes * steps):
+        episode = step // steps
+        agent = explore_agent if episode == 0 and explore_agent is not None else exploit_agent
+        action, _, _, _ = agent.get_action_and_value(policy_input(obs, belief, obs_rms, args, device), deterministic=True)
+        obs, reward, _, _, info = eval_envs.step(action.cpu().numpy())
+        next_state = torch.as_tensor(np.stack(info["next_state"]), dtype=torch.float32, device=device)
+        reward_t = torch.as_tensor(reward, dtype=torch.float32, device=device)
+        hidden, belief = cbvi.step(action, next_state, reward_t, hidden, sample=False)
+        episode_returns[episode] += reward
+        if episode == 0:
+            predicted_clusters.append(belief.cluster_probs.argmax(-1).cpu().numpy())
+            if xy_trace is not None:
+                xy_trace.append(np.stack(info["xy"]))
+    # NMI(true cluster, argmax q(c | tau_:t)) after every step t = 1..H of the exploration episode (Fig. 3c)
+    nmi_per_step = [float(normalized_mutual_info_score(split.test_clusters, pred)) for pred in predicted_clusters]
+    result = {f"return_episode_{k + 1}": float(episode_returns[k].mean()) for k in range(num_episodes)}
+    result.update(
+        nmi_per_step=nmi_per_step, nmi_end_of_exploration=nmi_per_step[-1],
+        test_clusters_true=split.test_clusters.tolist(), test_clusters_pred=predicted_clusters[-1].tolist(),
+        test_returns_per_task=np.round(episode_returns, 3).tolist(),
+        exploration_clusters=np.stack(predicted_clusters).T.tolist(),  # (tasks, H): argmax cluster per step
+    )
+    if xy_trace is not None:  # (tasks, H+1, 2): the exploration episode's xy trace, for Fig. 3a
+        result["exploration_xy"] = np.round(np.stack(xy_trace).transpose(1, 0, 2), 3).tolist()
+    return result
+
+
+def write_atomic(path: str, text: str) -> None:
+    """Write a whole file via a temporary file and a rename, so an interruption never leaves half a file."""
+    with open(path + ".tmp", "w") as f:
+        f.write(text)
+    os.replace(path + ".tmp", path)
+
+
+def save_checkpoint(path, args, cbvi, explore_agent, exploit_agent, obs_rms, iteration, global_step):
+    state = {"args": asdict(args), "cbvi": cbvi.state_dict(), "exploit_agent": exploit_agent.state_dict(),
+             "explore_agent": explore_agent.state_dict() if explore_agent is not None else None,
+             "obs_rms": (obs_rms.mean, obs_rms.var, obs_rms.count), "iteration": iteration, "global_step": global_step}
+    torch.save(state, path + ".tmp")
+    os.replace(path + ".tmp", path)
+
+
+def load_checkpoint(path: str, device="cpu"):
+    """Rebuild (args, cbvi, explore_agent, exploit_agent, obs_rms) from a `--save-model` checkpoint."""
+    state = torch.load(path, map_location=device, weights_only=False)
+    args = Args(**{k: tuple(v) if isinstance(v, list) else v for k, v in state["args"].items()})
+    probe = envs_clustered.make_env(args.env_id, episode_length=args.episode_length)
+    cbvi, explore_agent, exploit_agent = build_models(
+        args, probe.observation_space.shape[0], probe.action_space.shape[0], device)
+    cbvi.load_state_dict(state["cbvi"])
+    exploit_agent.load_state_dict(state["exploit_agent"])
+    if explore_agent is not None:
+        explore_agent.load_state_dict(state["explore_agent"])
+    obs_rms = RunningMeanStd(shape=probe.observation_space.shape)
+    obs_rms.mean, obs_rms.var, obs_rms.count = state["obs_rms"]
+    return args, cbvi, explore_agent, exploit_agent, obs_rms
+
+
+if __name__ == "__main__":
+    args = tyro.cli(Args)
+    if args.eval_checkpoint is not None:
+        args, cbvi, explore_agent, exploit_agent, obs_rms = load_checkpoint(args.eval_checkpoint)
+        split = envs_clustered.make_task_split(args.env_id, seed=args.task_seed)
+        result = evaluate(args, cbvi.eval(), explore_agent, exploit_agent, obs_rms,
+                          make_env(args, len(split.test_tasks), args.seed + 1), split, "cpu")
+        print(json.dumps({k: v for k, v in result.items() if not k.startswith("exploration_")}))
+        sys.exit(0)
+    try:
+        check_args(args)
+    except ValueError as error:
+        sys.exit(f"milet_ppo_continuous.py: error: {error}")
+    steps = args.episode_length
+    args.trial_length = (1 + args.num_exploit_episodes) * steps
+    args.num_iterations = args.total_timesteps // (args.num_envs * args.trial_length)
+    run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    run_dir = os.path.join(args.runs_dir, run_name)
+    if args.track:
+        import wandb
+
+        wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True,
+                   config=vars(args), name=run_name, save_code=True)
+    writer = SummaryWriter(run_dir)
+    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n%s" % "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
+
+    # TRY NOT TO MODIFY: seeding
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+
+    # env setup: the fixed task split (500 train / 32 test tasks), training and meta-test environments
+    split = envs_clustered.make_task_split(args.env_id, seed=args.task_seed)
+    envs = make_env(args, args.num_envs, args.seed)
+    eval_envs = make_env(args, len(split.test_tasks), args.seed + 1)
+    obs_dim, action_dim = envs.single_observation_space.shape[0], envs.single_action_space.shape[0]
+    task_rng = np.random.default_rng(args.seed)
+
+    cbvi, explore_agent, exploit_agent = build_models(args, obs_dim, action_dim, device)
+    vae_optimizer = optim.Adam(cbvi.parameters(), lr=args.vae_lr)
+    exploit_optimizer = optim.Adam(exploit_agent.parameters(), lr=args.exploit_lr, eps=1e-8)
+    explore_optimizer = optim.Adam(explore_agent.parameters(), lr=args.explore_lr, eps=1e-8) if explore_agent else None
+    buffer = TrialBuffer(args.vae_buffer_size, 1 + args.num_exploit_episodes, steps, obs_dim, action_dim)
+    obs_rms, return_rms = RunningMeanStd(shape=(obs_dim,)), RunningMeanStd(shape=())
+
+    # ALGO Logic: Storage setup for one trial per environment
+    T, B = args.trial_length, args.num_envs
+    inputs = torch.zeros((T, B, exploit_agent.critic[0].in_features), device=device)
+    actions = torch.zeros((T, B, action_dim), device=device)
+    logprobs, values, rewards = (torch.zeros((T, B), device=device) for _ in range(3))
+    states, next_states = torch.zeros((T, B, obs_dim), device=device), torch.zeros((T, B, obs_dim), device=device)
+    cluster_probs = torch.zeros((T + 1, B, args.num_clusters), device=device)
+
+    global_step, start_time, eval_records = 0, time.time(), []
+    checkpoint_path = os.path.join(run_dir, "milet.pt")
+    progress = tqdm(range(0, args.num_iterations + 1), desc=args.env_id, unit="it")
+    try:
+        for iteration in progress:
+            if iteration > 0:
+                if args.anneal_lr:
+                    frac = 1.0 - (iteration - 1.0) / args.num_iterations
+                    exploit_optimizer.param_groups[0]["lr"] = frac * args.exploit_lr
+                    if explore_optimizer:
+                        explore_optimizer.param_groups[0]["lr"] = frac * args.explore_lr
+
+                # ALGO LOGIC: roll out one trial per environment (Alg. 1 with Alg. 2), the encoder updating online
+                task_index = task_rng.integers(len(split.train_tasks), size=B)  # sample M_i from the train tasks
+                obs, _ = envs.reset(seed=args.seed if iteration == 1 else None,
+                                    options={"tasks": split.train_tasks[task_index], "clusters": split.train_clusters[task_index]})
+                with torch.no_grad():  # the policies never train the encoder: their gradients stay separate
+                    hidden, belief = cbvi.initial_belief(B)
+                    cluster_probs[0] = belief.cluster_probs
+                    for step in range(T):
+                        global_step += B
+                        agent = explore_agent if step < steps and explore_agent is not None else exploit_agent
+                        obs_rms.update(obs)
+                        inputs[step] = policy_input(obs, belief, obs_rms, args, device)
+                        action, logprobs[step], _, values[step] = agent.get_action_and_value(inputs[step])
+                        actions[step] = action
+                        states[step] = torch.as_tensor(obs, dtype=torch.float32, device=device)
+                        obs, reward, _, _, info = envs.step(action.cpu().numpy())
+                        next_states[step] = torch.as_tensor(np.stack(info["next_state"]), dtype=torch.float32, device=device)
+                        rewards[step] = torch.as_tensor(reward, dtype=torch.float32, device=device)
+                        # the hidden state h = (h_alpha, h_beta) carries over into the exploitation episodes
+                        hidden, belief = cbvi.step(action, next_states[step], rewards[step], hidden)
+                        cluster_probs[step + 1] = belief.cluster_probs
+                buffer.add(states, actions, rewards, next_states)  # insert tau+ into V
+
+                # ALGO LOGIC: rewards. Scale by a running std of the discounted return and clip, as the authors
+                discounted = torch.zeros_like(rewards)
+                for t in range(T):
+                    discounted[t] = rewards[t] + args.gamma * (discounted[t - 1] if t % steps else 0.0)
+                return_rms.update(discounted.flatten().cpu().numpy())
+                policy_rewards = (rewards / np.sqrt(return_rms.var + 1e-8)).clamp(-10, 10)
+                segments = [("exploit", exploit_agent, exploit_optimizer, slice(0, T), args.exploit_ent_coef)]
+                if explore_agent is not None:
+                    r_h, r_c = exploration_rewards(cluster_probs[: steps + 1])  # Eq. 10 (r_h) and Eq. 11 (r_c)
+                    t_in_episode = torch.arange(steps, device=device)
+                    policy_rewards[:steps] += (gamma_h(t_in_episode, steps, args.a_h, args.b_h, args.s_h)[:, None] * r_h
+                                               + gamma_c(t_in_episode, steps, args.a_c, args.b_c, args.s_c)[:, None] * r_c)  # Eq. 12
+                    segments = [("explore", explore_agent, explore_optimizer, slice(0, steps), args.explore_ent_coef),
+                                ("exploit", exploit_agent, exploit_optimizer, slice(steps, T), args.exploit_ent_coef)]
+                    writer.add_scalar("charts/intrinsic_reward_r_h", r_h.sum(0).mean().item(), global_step)
+                    writer.add_scalar("charts/intrinsic_reward_r_c", r_c.sum(0).mean().item(), global_step)
+
+                # ALGO LOGIC: one PPO update of each policy on its own part of the trial (Alg. 1)
+                for name, agent, optimizer, part, ent_coef in segments:
+                    advantages, returns = gae(policy_rewards[part], values[part], args.gamma, args.gae_lambda)
+                    stats = ppo_update(agent, optimizer, inputs[part].flatten(0, 1), actions[part].flatten(0, 1),
+                                       logprobs[part].flatten(), advantages.flatten(), returns.flatten(),
+                                       values[part].flatten(), ent_coef, args, iteration)
+                    writer.add_scalar(f"charts/{name}_learning_rate", optimizer.param_groups[0]["lr"], global_step)
+                    for key, value in stats.items():
+                        writer.add_scalar(f"losses/{name}_{key}", value, global_step)
+
+                # ALGO LOGIC: CBVI update on whole trials from the buffer, maximising Eq. 8
+                for _ in range(args.vae_updates):
+                    cbvi_losses = cbvi.loss(*buffer.sample(args.vae_batch_size, device))
+                    check_finite(cbvi_losses, iteration)
+                    vae_optimizer.zero_grad()
+                    cbvi_losses["total"].backward()
+                    nn.utils.clip_grad_norm_(cbvi.parameters(), 1.0)
+                    vae_optimizer.step()
+                if iteration % args.target_prior_every == 0:
+                    cbvi.refresh_target_prior()  # Eq. 7: hard copy p_omega -> p_tgt
+                for key, value in cbvi_losses.items():
+                    writer.add_scalar(f"losses/cbvi_{key}", value.item(), global_step)
+                for episode in range(1 + args.num_exploit_episodes):
+                    train_return = rewards[episode * steps: (episode + 1) * steps].sum(0).mean().item()
+                    writer.add_scalar(f"charts/return_episode_{episode + 1}", train_return, global_step)
+                writer.add_scalar("charts/SPS", int(global_step / (time.time() - start_time)), global_step)
+
+            # meta-test evaluation before training, every eval_every iterations and at the end
+            if iteration % args.eval_every == 0 or iteration == args.num_iterations:
+                cbvi.eval()
+                record = {"iteration": iteration, "global_step": global_step,
+                          **evaluate(args, cbvi, explore_agent, exploit_agent, obs_rms, eval_envs, split, device)}
+                cbvi.train()
+                eval_records.append(record)
+                for key in [k for k in record if k.startswith("return_episode_")] + ["nmi_end_of_exploration"]:
+                    writer.add_scalar(f"eval/{key}", record[key], global_step)
+                write_atomic(os.path.join(run_dir, "eval.jsonl"), "".join(json.dumps(r) + "\n" for r in eval_records))
+                if args.save_model:
+                    save_checkpoint(checkpoint_path, args, cbvi, explore_agent, exploit_agent, obs_rms, iteration, global_step)
+            sps = int(global_step / (time.time() - start_time))
+            progress.set_postfix(SPS=sps, eval_return_2=round(record["return_episode_2"], 1),
+                                 eval_nmi=round(record["nmi_end_of_exploration"], 3))
+    except FloatingPointError as error:
+        writer.close()
+        sys.exit(f"milet_ppo_continuous.py: error: {error}")
+
+    summary = {"env_id": args.env_id, "seed": args.seed, "global_step": global_step, "sps": sps,
+               **{f"test_{k}": v for k, v in record.items() if k.startswith("return_episode_")},
+               **{k: record[k] for k in ("nmi_end_of_exploration", "nmi_per_step", "test_clusters_true", "test_clusters_pred")},
+               "args": vars(args)}
+    write_atomic(os.path.join(run_dir, "summary.json"), json.dumps(summary, indent=1))
+    envs.close()
+    eval_envs.close()
+    writer.close()
+    print(f"run saved to {run_dir}")

@@ -1,0 +1,124 @@
+"""End-to-end tests of milet_ppo_continuous.py: bad input, every env id, checkpoints, NaN handling, reproducibility."""
+import json
+import os
+import runpy
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import envs_clustered
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(ROOT, "milet_ppo_continuous.py")
+
+
+def tiny(iterations=2):
+    """Flags for a run of a few iterations of 4 trials of 2 x 5 steps (40 frames each)."""
+    return ["--episode-length", "5", "--num-envs", "4", "--num-minibatches", "2", "--total-timesteps",
+            str(40 * iterations), "--vae-batch-size", "4", "--vae-num-prefixes", "3", "--vae-updates", "1", "--eval-every", "1", "--no-cuda"]
+
+
+def run_script(tmp_path, *flags, check=True):
+    result = subprocess.run([sys.executable, SCRIPT, "--runs-dir", str(tmp_path), *flags],
+                            capture_output=True, text=True, cwd=ROOT, timeout=600)
+    if check:
+        assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def only_run_dir(tmp_path):
+    (run_dir,) = [os.path.join(tmp_path, d) for d in os.listdir(tmp_path)]
+    return run_dir
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--env-id", "AntGoall"], "unknown --env-id 'AntGoall'; valid ids: PointGoal, AntGoal"),
+    (["--num-clusters", "0"], "--num-clusters must be >= 1"),
+    (["--num-envs", "10"], "must be a positive multiple of --num-minibatches"),
+    (["--total-timesteps", "100"], "is below one iteration"),
+])
+def test_bad_input_is_rejected_with_one_line_before_anything_is_written(tmp_path, flags, message):
+    result = run_script(tmp_path, *flags, check=False)
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("env_id", envs_clustered.ENV_IDS)
+def test_every_env_runs_two_iterations_end_to_end(tmp_path, env_id):
+    lambda_s = ["--lambda-s", "1"] if "RandParams" in env_id else []
+    run_script(tmp_path, "--env-id", env_id, *tiny(), *lambda_s)
+    run_dir = only_run_dir(tmp_path)
+    summary = json.load(open(os.path.join(run_dir, "summary.json")))
+    assert summary["env_id"] == env_id and summary["global_step"] == 2 * 4 * 10
+    assert len(summary["nmi_per_step"]) == 5
+    assert len(summary["test_clusters_pred"]) == len(summary["test_clusters_true"]) == 32
+    records = [json.loads(line) for line in open(os.path.join(run_dir, "eval.jsonl"))]
+    assert [r["iteration"] for r in records] == [0, 1, 2]
+    assert ("exploration_xy" in records[-1]) == ("RandParams" not in env_id)
+    assert any(f.startswith("events.out.tfevents") for f in os.listdir(run_dir))
+
+
+def test_per_env_defaults_fill_only_the_flags_left_unset():
+    import milet_ppo_continuous as milet
+
+    args = milet.Args(env_id="HopperRandParams", kl_weight=0.5)
+    milet.check_args(args)
+    assert args.kl_weight == 0.5 and args.lambda_s == 1.0 and args.exploit_lr == 5e-4
+    assert args.policy_layers == (128, 128) and args.total_timesteps == 10_000_000
+    assert all(getattr(milet.Args(), name) is None for name in milet.ENV_DEFAULTS["AntGoal"])
+
+
+def test_ablation_flags_and_any_cluster_count_run(tmp_path):
+    run_script(tmp_path / "a", *tiny(), "--no-exploration-policy", "--no-stacked-gru", "--lambda-i", "0",
+               "--lambda-p", "0", "--num-clusters", "1", "--num-exploit-episodes", "2", "--no-policy-cluster-probs")
+    summary = json.load(open(os.path.join(only_run_dir(tmp_path / "a"), "summary.json")))
+    assert {"test_return_episode_1", "test_return_episode_2", "test_return_episode_3"} <= set(summary)
+    assert set(summary["test_clusters_pred"]) == {0}
+
+
+def test_checkpoint_reruns_the_same_evaluation(tmp_path):
+    run_script(tmp_path, *tiny(), "--save-model")
+    run_dir = only_run_dir(tmp_path)
+    summary = json.load(open(os.path.join(run_dir, "summary.json")))
+    result = subprocess.run([sys.executable, SCRIPT, "--eval-checkpoint", os.path.join(run_dir, "milet.pt")],
+                            capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rerun = json.loads(result.stdout.strip().splitlines()[-1])
+    assert rerun["return_episode_2"] == pytest.approx(summary["test_return_episode_2"], abs=1e-5)
+    assert rerun["nmi_per_step"] == pytest.approx(summary["nmi_per_step"], abs=1e-9)
+
+
+def test_same_seed_gives_the_same_numbers(tmp_path):
+    for name in ("a", "b"):
+        run_script(tmp_path / name, *tiny(), "--seed", "3")
+    first, second = (json.load(open(os.path.join(only_run_dir(tmp_path / n), "summary.json"))) for n in "ab")
+    for key in ("test_return_episode_1", "test_return_episode_2", "nmi_per_step", "test_clusters_pred"):
+        assert first[key] == second[key]
+
+
+def test_nan_loss_stops_with_the_term_named_and_keeps_the_checkpoint(tmp_path, monkeypatch):
+    import cbvi
+
+    real_loss, calls = cbvi.CBVI.loss, []
+
+    def loss_turning_nan(self, *batch):
+        losses = real_loss(self, *batch)
+        calls.append(1)
+        if len(calls) == 2:  # the second CBVI update diverges
+            losses["kl_z"] = losses["kl_z"] * float("nan")
+        return losses
+
+    monkeypatch.setattr(cbvi.CBVI, "loss", loss_turning_nan)
+    monkeypatch.setattr(sys, "argv", [SCRIPT, "--runs-dir", str(tmp_path), *tiny(3), "--save-model"])
+    with pytest.raises(SystemExit) as stop:
+        runpy.run_path(SCRIPT, run_name="__main__")
+    assert "loss term 'kl_z' is nan at iteration 2" in str(stop.value.code)
+    run_dir = only_run_dir(tmp_path)
+    checkpoint = torch.load(os.path.join(run_dir, "milet.pt"), weights_only=False)
+    assert checkpoint["iteration"] == 1
+    assert [json.loads(line)["iteration"] for line in open(os.path.join(run_dir, "eval.jsonl"))] == [0, 1]
+    assert not os.path.exists(os.path.join(run_dir, "summary.json"))
