@@ -1,0 +1,125 @@
+"""plots.py on tiny real training runs: every figure is written, shows what the runs logged, and bad input fails in one line."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import plots
+from cbvi import gamma_c, gamma_h
+from test_milet import ROOT, SCRIPT, tiny
+
+PLOTS = os.path.join(ROOT, "plots.py")
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Two seeds of a tiny PointGoal run, one tiny HopperRandParams run and one PointGoal run of another group."""
+    root = tmp_path_factory.mktemp("runs")
+    made = {}
+    for name, flags in {"seed1": ["--seed", "1"], "seed2": ["--seed", "2"],
+                        "ablation": ["--no-exploration-policy", "--exp-name", "ablation"],
+                        "hopper": ["--env-id", "HopperRandParams", "--lambda-s", "1"]}.items():
+        subprocess.run([sys.executable, SCRIPT, "--runs-dir", str(root / name), *tiny(3), *flags],
+                       check=True, capture_output=True, cwd=ROOT, timeout=600)
+        (made[name],) = [str(p) for p in (root / name).iterdir()]
+    return made
+
+
+def records(path):
+    return [json.loads(line) for line in open(os.path.join(path, "eval.jsonl"))]
+
+
+def test_curves_plot_the_mean_over_seeds_of_what_was_logged(runs, tmp_path):
+    fig = plots.plot_curves(plots.load_runs([runs["seed1"], runs["seed2"], runs["ablation"]]))
+    seeds = [records(runs["seed1"]), records(runs["seed2"])]
+    axes = fig.axes
+    assert [ax.get_title() for ax in axes] == ["episode 1 (exploration)", "episode 2 (exploitation)",
+                                               "NMI at the end of the exploration episode"]
+    for ax, key in zip(axes, ["return_episode_1", "return_episode_2", "nmi_end_of_exploration"]):
+        milet_line = next(line for line in ax.lines if line.get_label().startswith("milet_ppo_continuous"))
+        np.testing.assert_allclose(milet_line.get_xdata(), [r["global_step"] for r in seeds[0]])
+        np.testing.assert_allclose(milet_line.get_ydata(), np.mean([[r[key] for r in s] for s in seeds], axis=0))
+        assert any(line.get_label().startswith("ablation (n=1)") for line in ax.lines)
+
+
+def test_traces_show_the_logged_xy_and_clusters(runs):
+    fig = plots.plot_traces(plots.load_run(runs["seed1"]))
+    last = records(runs["seed1"])[-1]
+    xy = np.asarray(last["exploration_xy"])
+    ax = fig.axes[0]
+    np.testing.assert_allclose(ax.lines[0].get_xydata(), xy[0])  # first test task's trace, start included
+    steps = ax.collections[0]  # the coloured points of task 0: one per step, coloured by the logged cluster
+    np.testing.assert_allclose(steps.get_offsets(), xy[0, 1:])
+    expected = [plots.CLUSTER_COLOURS(k) for k in last["exploration_clusters"][0]]
+    np.testing.assert_allclose(steps.get_facecolors(), expected)
+
+
+def test_nmi_plots_the_per_step_nmi_of_the_last_evaluation(runs):
+    fig = plots.plot_nmi(plots.load_runs([runs["seed1"], runs["seed2"]]))
+    expected = np.mean([records(runs[s])[-1]["nmi_per_step"] for s in ("seed1", "seed2")], axis=0)
+    np.testing.assert_allclose(fig.axes[0].lines[0].get_ydata(), expected)
+    np.testing.assert_allclose(fig.axes[0].lines[0].get_xdata(), np.arange(1, 6))
+
+
+def test_params_heatmap_is_the_mean_multiplier_per_inferred_cluster(runs):
+    import envs_clustered
+
+    run = plots.load_run(runs["hopper"])
+    split = envs_clustered.make_task_split("HopperRandParams", seed=0)
+    predicted = np.asarray(records(runs["hopper"])[-1]["test_clusters_pred"])
+    body_mass = envs_clustered.param_group_slices("HopperRandParams")["body_mass"]
+    first = sorted(set(predicted))[0]
+    expected = split.test_tasks[predicted == first][:, body_mass].mean()
+    fig = plots.plot_params(run)
+    np.testing.assert_allclose(fig.axes[0].images[0].get_array()[0, 0], expected)
+
+
+def test_schedules_are_eq_12():
+    import torch
+
+    fig = plots.plot_schedules(horizon=100)
+    h_line, c_line = fig.axes[0].lines[:2]
+    t = torch.arange(101, dtype=torch.float32)
+    np.testing.assert_allclose(h_line.get_ydata(), gamma_h(t, 100), atol=1e-7)
+    np.testing.assert_allclose(c_line.get_ydata(), gamma_c(t, 100), atol=1e-7)
+
+
+def test_table_numbers_match_a_computation_of_their_own(runs):
+    table = plots.results_table(plots.load_runs([runs["seed1"], runs["seed2"], runs["hopper"]]))
+    finals = [records(runs[s])[-1] for s in ("seed1", "seed2")]
+    ep2 = [f["return_episode_2"] for f in finals]
+    nmi = [f["nmi_end_of_exploration"] for f in finals]
+    row = next(line for line in table.splitlines() if line.startswith("| PointGoal |"))
+    assert f"{np.mean(ep2):.1f} ± {np.std(ep2):.1f}" in row
+    assert f"{np.mean(nmi):.3f} ± {np.std(nmi):.3f}" in row
+    assert "| 2 |" in row
+    assert any(line.startswith("| HopperRandParams |") for line in table.splitlines())
+
+
+@pytest.mark.parametrize("subcommand", ["curves", "traces", "nmi", "params", "schedules"])
+def test_every_subcommand_writes_a_non_empty_image(runs, tmp_path, subcommand):
+    target = {"curves": [runs["seed1"], runs["seed2"]], "traces": [runs["seed1"]], "nmi": [runs["seed1"]],
+              "params": [runs["hopper"]], "schedules": []}[subcommand]
+    out = tmp_path / f"{subcommand}.png"
+    result = subprocess.run([sys.executable, PLOTS, subcommand, *target, "--out", str(out)],
+                            capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 5000
+
+
+def test_bad_input_is_one_line_without_traceback(runs, tmp_path):
+    empty = tmp_path / "PointGoal__x__1__1"
+    empty.mkdir()
+    (empty / "eval.jsonl").write_text("")
+    cases = [(["traces", str(tmp_path / "missing")], "no run folder"),
+             (["nmi", str(empty)], "has no evaluations yet"),
+             (["curves", runs["seed1"], runs["hopper"]], "runs of different environments in one figure"),
+             (["traces", runs["seed1"], "--record", "99"], "there is no evaluation 99"),
+             (["curves"], "give at least one run folder")]
+    for args, message in cases:
+        result = subprocess.run([sys.executable, PLOTS, *args], capture_output=True, text=True, cwd=ROOT, timeout=300)
+        assert result.returncode != 0 and message in result.stderr, (args, result.stderr)
+        assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
