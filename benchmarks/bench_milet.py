@@ -1,0 +1,74 @@
+"""Speed and memory of a short milet_ppo_continuous.py run: SPS, the share of wall time spent stepping
+environments, and the peak resident memory (RSS) with the default CBVI trial buffer (allocated up front).
+
+    python benchmarks/bench_milet.py --env-id AntGoal --iterations 10
+    python benchmarks/bench_milet.py --env-id PointGoal --iterations 100
+
+Runs the script in this process (runpy), after wrapping the vector envs' step methods with a timer. The run
+evaluates only before and after training (--eval-every is set past the end); those two evaluations are part of
+the wall time and of the script's own SPS figure, and their env steps are counted separately.
+"""
+import argparse
+import json
+import os
+import resource
+import runpy
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+import gymnasium as gym  # noqa: E402
+
+import envs_clustered  # noqa: E402
+
+
+def timed(cls, totals):
+    """Wrap cls.step so that its wall time accumulates in totals[num_envs]."""
+    original = cls.step
+
+    def step(self, actions):
+        start = time.perf_counter()
+        try:
+            return original(self, actions)
+        finally:
+            totals[self.num_envs] = totals.get(self.num_envs, 0.0) + time.perf_counter() - start
+
+    cls.step = step
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--env-id", default="AntGoal", choices=envs_clustered.ENV_IDS)
+    parser.add_argument("--iterations", type=int, default=10, help="training iterations of 16 trials x 200 steps")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    args, extra = parser.parse_known_args()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    totals = {}
+    timed(gym.vector.SyncVectorEnv, totals)
+    timed(envs_clustered.PointGoalVectorEnv, totals)
+    with tempfile.TemporaryDirectory() as runs_dir:
+        sys.argv = ["milet_ppo_continuous.py", "--env-id", args.env_id, "--runs-dir", runs_dir, "--eval-every", "1000000",
+                    "--total-timesteps", str(args.iterations * 16 * 200), *extra]
+        start = time.perf_counter()
+        runpy.run_path(os.path.join(ROOT, "milet_ppo_continuous.py"), run_name="__main__")
+        wall = time.perf_counter() - start
+        (run_dir,) = os.listdir(runs_dir)
+        summary = json.load(open(os.path.join(runs_dir, run_dir, "summary.json")))
+    train_env_time, eval_env_time = totals.get(16, 0.0), totals.get(32, 0.0)
+    result = {
+        "env_id": args.env_id, "frames": summary["global_step"], "wall_s": round(wall, 1), "sps_script": summary["sps"],
+        "train_env_step_s": round(train_env_time, 1), "eval_env_step_s": round(eval_env_time, 1),
+        "env_step_share": round((train_env_time + eval_env_time) / wall, 3),
+        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),  # Linux: KiB
+        "buffer_trials": summary["args"]["vae_buffer_size"],
+    }
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
