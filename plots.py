@@ -109,7 +109,14 @@ def plot_curves(runs: list[Run], group_by: str = "exp_name"):
     keys = _episode_keys(runs[0].records)
     fig, axes = plt.subplots(1, len(keys) + 1, figsize=(4.5 * (len(keys) + 1), 3.6), squeeze=False)
     for name, members in groups.items():
+        # the band needs every run at every point: keep the evaluation steps that all runs of the group share
         steps = sorted(set.intersection(*({r["global_step"] for r in run.records} for run in members)))
+        if len(steps) < 2:
+            shortest = min(members, key=lambda run: run.records[-1]["global_step"])
+            raise PlotError(f"the runs of group {name!r} share {len(steps)} evaluation step(s); is one still "
+                            f"running or evaluated on another schedule? (shortest: {shortest.path})")
+        if any(run.records[-1]["global_step"] > steps[-1] for run in members):
+            print(f"plots.py: group {name!r}: runs differ in length; curves stop at frame {steps[-1]}", file=sys.stderr)
         by_step = [{r["global_step"]: r for r in run.records} for run in members]
         for ax, key in zip(axes[0], keys + ["nmi_end_of_exploration"]):
             _mean_band(ax, steps, [[runs_at[s][key] for s in steps] for runs_at in by_step], name)

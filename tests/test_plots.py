@@ -114,11 +114,15 @@ def test_bad_input_is_one_line_without_traceback(runs, tmp_path):
     empty = tmp_path / "PointGoal__x__1__1"
     empty.mkdir()
     (empty / "eval.jsonl").write_text("")
+    running = tmp_path / "PointGoal__milet_ppo_continuous__3__1"  # a run still in progress: one evaluation so far
+    running.mkdir()
+    (running / "eval.jsonl").write_text(open(os.path.join(runs["seed1"], "eval.jsonl")).readline())
     cases = [(["traces", str(tmp_path / "missing")], "no run folder"),
              (["nmi", str(empty)], "has no evaluations yet"),
              (["curves", runs["seed1"], runs["hopper"]], "runs of different environments in one figure"),
              (["traces", runs["seed1"], "--record", "99"], "there is no evaluation 99"),
-             (["curves"], "give at least one run folder")]
+             (["curves"], "give at least one run folder"),
+             (["curves", runs["seed1"], str(running)], "share 1 evaluation step(s); is one still running")]
     for args, message in cases:
         result = subprocess.run([sys.executable, PLOTS, *args], capture_output=True, text=True, cwd=ROOT, timeout=300)
         assert result.returncode != 0 and message in result.stderr, (args, result.stderr)
