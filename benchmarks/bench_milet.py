@@ -1,5 +1,5 @@
 """Speed and memory of a short milet_ppo_continuous.py run: SPS, the share of wall time spent stepping
-environments, and the peak resident memory (RSS) with the default CBVI trial buffer (allocated up front).
+environments, and the peak resident memory (RSS) with the default CBVI trial buffer, every page of it written.
 
     python benchmarks/bench_milet.py --env-id AntGoal --iterations 10
     python benchmarks/bench_milet.py --env-id PointGoal --iterations 100
@@ -7,6 +7,8 @@ environments, and the peak resident memory (RSS) with the default CBVI trial buf
 Runs the script in this process (runpy), after wrapping the vector envs' step methods with a timer. The run
 evaluates only before and after training (--eval-every is set past the end); those two evaluations are part of
 the wall time and of the script's own SPS figure, and their env steps are counted separately.
+torch.zeros memory becomes resident only when written, so a short run would under-report a buffer that fills up
+over a long one: the benchmark writes the whole buffer when it is created, as a full buffer would be.
 """
 import argparse
 import json
@@ -21,6 +23,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import gymnasium as gym  # noqa: E402
 
+import cbvi  # noqa: E402
 import envs_clustered  # noqa: E402
 
 
@@ -38,6 +41,19 @@ def timed(cls, totals):
     cls.step = step
 
 
+def write_whole_buffer(buffers):
+    """Make TrialBuffer write every page on creation (so RSS counts it all) and remember it in buffers."""
+    original = cbvi.TrialBuffer.__init__
+
+    def init(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        for tensor in (self.states, self.actions, self.rewards):
+            tensor.fill_(0.0)
+        buffers.append(self)
+
+    cbvi.TrialBuffer.__init__ = init
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--env-id", default="AntGoal", choices=envs_clustered.ENV_IDS)
@@ -48,7 +64,8 @@ def main():
         import torch
 
         torch.set_num_threads(args.threads)
-    totals = {}
+    totals, buffers = {}, []
+    write_whole_buffer(buffers)
     timed(gym.vector.SyncVectorEnv, totals)
     timed(envs_clustered.PointGoalVectorEnv, totals)
     with tempfile.TemporaryDirectory() as runs_dir:
@@ -66,6 +83,7 @@ def main():
         "env_step_share": round((train_env_time + eval_env_time) / wall, 3),
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),  # Linux: KiB
         "buffer_trials": summary["args"]["vae_buffer_size"],
+        "buffer_mib": round(sum(t.nbytes for b in buffers for t in (b.states, b.actions, b.rewards)) / 2**20),
     }
     print(json.dumps(result))
 
