@@ -1,0 +1,41 @@
+"""Calibrate the learning check of tests/test_learning.py: run its exact command for several seeds and print
+its two figures per seed, with the lowest of each (the thresholds must sit below these, with a margin).
+
+    python benchmarks/calibrate_learning_check.py --seeds 1 2 3 4 5 --jobs 2
+
+Runs go to benchmarks/calibration_runs/ (git-ignored). Each run takes a few minutes on 2 CPU cores.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
+from test_learning import LEARNING_FLAGS, learning_figures  # noqa: E402
+
+
+def run_seed(seed: int, runs_dir: str) -> dict:
+    seed_dir = os.path.join(runs_dir, f"seed{seed}")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    subprocess.run([sys.executable, os.path.join(ROOT, "milet_ppo_continuous.py"), "--runs-dir", seed_dir,
+                    "--seed", str(seed), *LEARNING_FLAGS], check=True, capture_output=True, cwd=ROOT, env=env)
+    (run_name,) = os.listdir(seed_dir)
+    return {"seed": seed, **learning_figures(os.path.join(seed_dir, run_name))}
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4, 5])
+    parser.add_argument("--jobs", type=int, default=2, help="runs in parallel (one CPU thread each)")
+    parser.add_argument("--runs-dir", default=os.path.join(ROOT, "benchmarks", "calibration_runs"))
+    cli = parser.parse_args()
+    with ThreadPoolExecutor(cli.jobs) as pool:
+        rows = list(pool.map(lambda seed: run_seed(seed, cli.runs_dir), cli.seeds))
+    print(f"command: milet_ppo_continuous.py {' '.join(LEARNING_FLAGS)} --seed S")
+    print("| seed | " + " | ".join(k for k in rows[0] if k != "seed") + " |")
+    for row in rows:
+        print(f"| {row['seed']} | " + " | ".join(f"{v:.3f}" for k, v in row.items() if k != "seed") + " |")
+    print("lowest: " + json.dumps({k: round(min(r[k] for r in rows), 3) for k in rows[0] if k != "seed"}))
