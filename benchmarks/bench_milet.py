@@ -1,5 +1,5 @@
 """Speed and memory of a short milet_ppo_continuous.py run: SPS, the share of wall time spent stepping
-environments, and the peak resident memory (RSS) with the default CBVI trial buffer, every page of it written.
+environments, and the peak resident memory (RSS) with the default CBVI trial buffer.
 
     python benchmarks/bench_milet.py --env-id AntGoal --iterations 10
     python benchmarks/bench_milet.py --env-id PointGoal --iterations 100
@@ -7,8 +7,8 @@ environments, and the peak resident memory (RSS) with the default CBVI trial buf
 Runs the script in this process (runpy), after wrapping the vector envs' step methods with a timer. The run
 evaluates only before and after training (--eval-every is set past the end); those two evaluations are part of
 the wall time and of the script's own SPS figure, and their env steps are counted separately.
-torch.zeros memory becomes resident only when written, so a short run would under-report a buffer that fills up
-over a long one: the benchmark writes the whole buffer when it is created, as a full buffer would be.
+The buffer is allocated in full at the start (torch.zeros writes every page), so a short run already holds
+the memory of a full one.
 """
 import argparse
 import json
@@ -41,14 +41,12 @@ def timed(cls, totals):
     cls.step = step
 
 
-def write_whole_buffer(buffers):
-    """Make TrialBuffer write every page on creation (so RSS counts it all) and remember it in buffers."""
+def remember_buffers(buffers):
+    """Keep every TrialBuffer the script creates in buffers, to report its size."""
     original = cbvi.TrialBuffer.__init__
 
     def init(self, *args, **kwargs):
         original(self, *args, **kwargs)
-        for tensor in (self.states, self.actions, self.rewards):
-            tensor.fill_(0.0)
         buffers.append(self)
 
     cbvi.TrialBuffer.__init__ = init
@@ -65,7 +63,7 @@ def main():
 
         torch.set_num_threads(args.threads)
     totals, buffers = {}, []
-    write_whole_buffer(buffers)
+    remember_buffers(buffers)
     timed(gym.vector.SyncVectorEnv, totals)
     timed(envs_clustered.PointGoalVectorEnv, totals)
     with tempfile.TemporaryDirectory() as runs_dir:
