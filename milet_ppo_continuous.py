@@ -207,6 +207,11 @@ def check_args(args: Args) -> None:
             setattr(args, name, value)
     if args.num_clusters < 1:
         raise ValueError(f"--num-clusters must be >= 1, got {args.num_clusters}")
+    for flag in ("num_minibatches", "update_epochs", "vae_updates", "vae_batch_size", "eval_every", "target_prior_every"):
+        if getattr(args, flag) < 1:
+            raise ValueError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
+    if args.async_envs and args.env_id == "PointGoal":
+        raise ValueError("--async-envs is for the MuJoCo envs; PointGoal is already one batched numpy env")
     if args.episode_length < 1 or args.num_exploit_episodes < 1:
         raise ValueError("--episode-length and --num-exploit-episodes must be >= 1")
     if args.num_envs < 1 or args.num_envs % args.num_minibatches:
@@ -249,9 +254,6 @@ class Agent(nn.Module):
         self.actor_mean = mlp(input_dim, hidden, action_dim, out_std=0.01)
         self.actor_logstd = nn.Parameter(torch.zeros(1, action_dim))  # state-independent, initialised to log 1
 
-    def get_value(self, x):
-        return self.critic(x)
-
     def get_action_and_value(self, x, action=None, deterministic=False):
         action_mean = self.actor_mean(x)
         probs = Normal(action_mean, self.actor_logstd.expand_as(action_mean).exp())
@@ -288,12 +290,13 @@ def check_finite(losses: dict, iteration: int) -> None:
     for name, value in losses.items():
         if not torch.isfinite(value).all():
             raise FloatingPointError(f"loss term '{name}' is {value.item()} at iteration {iteration}; stopping "
-                                     "(the last checkpoint and the logs written so far are kept)")
+                                     "(the logs and any --save-model checkpoint written so far are kept)")
 
 
 def gae(rewards, values, gamma, gae_lambda):
-    """Advantages over one policy's segment of the trial (T, B). The segment ends the policy's episodes,
-    so nothing is bootstrapped past its last step."""
+    """Advantages over one policy's segment of the trial (T, B). The segment ends where the policy stops acting
+    (the exploration episode, or the trial), so nothing is bootstrapped past it; inside a segment of several
+    inner episodes the trial is one episode for the policy, so GAE runs across their boundaries."""
     advantages, last_gae = torch.zeros_like(rewards), 0.0
     for t in reversed(range(len(rewards))):
         next_value = values[t + 1] if t + 1 < len(rewards) else 0.0
@@ -404,6 +407,8 @@ def load_checkpoint(path: str, device="cpu"):
 if __name__ == "__main__":
     args = tyro.cli(Args)
     if args.eval_checkpoint is not None:
+        if not os.path.isfile(args.eval_checkpoint):
+            sys.exit(f"milet_ppo_continuous.py: error: no checkpoint at {args.eval_checkpoint}")
         args, cbvi, explore_agent, exploit_agent, obs_rms = load_checkpoint(args.eval_checkpoint)
         split = envs_clustered.make_task_split(args.env_id, seed=args.task_seed)
         result = evaluate(args, cbvi.eval(), explore_agent, exploit_agent, obs_rms,
@@ -425,6 +430,7 @@ if __name__ == "__main__":
         wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True,
                    config=vars(args), name=run_name, save_code=True)
     writer = SummaryWriter(run_dir)
+    write_atomic(os.path.join(run_dir, "args.json"), json.dumps(vars(args), indent=1))
     writer.add_text("hyperparameters", "|param|value|\n|-|-|\n%s" % "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
 
     # TRY NOT TO MODIFY: seeding
@@ -456,7 +462,7 @@ if __name__ == "__main__":
     states, next_states = torch.zeros((T, B, obs_dim), device=device), torch.zeros((T, B, obs_dim), device=device)
     cluster_probs = torch.zeros((T + 1, B, args.num_clusters), device=device)
 
-    global_step, start_time, eval_records = 0, time.time(), []
+    global_step, start_time, eval_lines = 0, time.time(), []  # eval.jsonl, one serialised line per evaluation
     checkpoint_path = os.path.join(run_dir, "milet.pt")
     progress = tqdm(range(0, args.num_iterations + 1), desc=args.env_id, unit="it")
     try:
@@ -541,10 +547,10 @@ if __name__ == "__main__":
                 record = {"iteration": iteration, "global_step": global_step,
                           **evaluate(args, cbvi, explore_agent, exploit_agent, obs_rms, eval_envs, split, device)}
                 cbvi.train()
-                eval_records.append(record)
+                eval_lines.append(json.dumps(record) + "\n")
                 for key in [k for k in record if k.startswith("return_episode_")] + ["nmi_end_of_exploration"]:
                     writer.add_scalar(f"eval/{key}", record[key], global_step)
-                write_atomic(os.path.join(run_dir, "eval.jsonl"), "".join(json.dumps(r) + "\n" for r in eval_records))
+                write_atomic(os.path.join(run_dir, "eval.jsonl"), "".join(eval_lines))
                 if args.save_model:
                     save_checkpoint(checkpoint_path, args, cbvi, explore_agent, exploit_agent, obs_rms, iteration, global_step)
             sps = int(global_step / (time.time() - start_time))

@@ -38,6 +38,9 @@ def only_run_dir(tmp_path):
     (["--num-clusters", "0"], "--num-clusters must be >= 1"),
     (["--num-envs", "10"], "must be a positive multiple of --num-minibatches"),
     (["--total-timesteps", "100"], "is below one iteration"),
+    (["--num-minibatches", "0"], "--num-minibatches must be >= 1"),
+    (["--eval-every", "0"], "--eval-every must be >= 1"),
+    (["--async-envs"], "--async-envs is for the MuJoCo envs"),
 ])
 def test_bad_input_is_rejected_with_one_line_before_anything_is_written(tmp_path, flags, message):
     result = run_script(tmp_path, *flags, check=False)
@@ -60,6 +63,7 @@ def test_every_env_runs_two_iterations_end_to_end(tmp_path, env_id):
     assert [r["iteration"] for r in records] == [0, 1, 2]
     assert ("exploration_xy" in records[-1]) == ("RandParams" not in env_id)
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(run_dir))
+    assert json.load(open(os.path.join(run_dir, "args.json"))) == summary["args"]
 
 
 def test_per_env_defaults_fill_only_the_flags_left_unset():
@@ -122,3 +126,4 @@ def test_nan_loss_stops_with_the_term_named_and_keeps_the_checkpoint(tmp_path, m
     assert checkpoint["iteration"] == 1
     assert [json.loads(line)["iteration"] for line in open(os.path.join(run_dir, "eval.jsonl"))] == [0, 1]
     assert not os.path.exists(os.path.join(run_dir, "summary.json"))
+    assert json.load(open(os.path.join(run_dir, "args.json")))["seed"] == 1  # written when the run started
