@@ -47,7 +47,7 @@ class Run:
 
 
 def load_run(path: str) -> Run:
-    """Read one run folder; its env, seed and arguments come from summary.json, else from the folder name."""
+    """Read one run folder; its env, seed and arguments come from args.json, else summary.json, else the folder name."""
     path = path.rstrip("/")
     eval_file = os.path.join(path, "eval.jsonl")
     if not os.path.isdir(path):
@@ -55,13 +55,15 @@ def load_run(path: str) -> Run:
     if not os.path.isfile(eval_file) or os.path.getsize(eval_file) == 0:
         raise PlotError(f"{path} has no evaluations yet (eval.jsonl is missing or empty)")
     records = [json.loads(line) for line in open(eval_file) if line.strip()]
-    summary_file = os.path.join(path, "summary.json")
-    if os.path.isfile(summary_file):
+    args_file, summary_file = os.path.join(path, "args.json"), os.path.join(path, "summary.json")
+    if os.path.isfile(args_file):  # written when the run starts
+        args = json.load(open(args_file))
+    elif os.path.isfile(summary_file):  # written at the end (runs from before args.json existed)
         args = json.load(open(summary_file))["args"]
-    else:  # a run still going: runs/<env_id>__<exp_name>__<seed>__<time>
+    else:  # only the folder name: runs/<env_id>__<exp_name>__<seed>__<time>
         match = re.fullmatch(r"(\w+?)__(.+)__(\d+)__\d+", os.path.basename(path))
         if match is None:
-            raise PlotError(f"{path}: no summary.json and the folder name is not <env_id>__<exp_name>__<seed>__<time>")
+            raise PlotError(f"{path}: no args.json or summary.json, and the folder name is not <env_id>__<exp_name>__<seed>__<time>")
         args = {"env_id": match[1], "exp_name": match[2], "seed": int(match[3])}
     return Run(path, args["env_id"], int(args["seed"]), args, records)
 
@@ -90,8 +92,13 @@ def final_record(run: Run, index: int = -1) -> dict:
     return run.records[index]
 
 
-def _episode_keys(records: list) -> list[str]:
-    return sorted((k for k in records[0] if re.fullmatch(r"return_episode_\d+", k)), key=lambda k: int(k.split("_")[-1]))
+def _episode_keys(runs: list[Run]) -> list[str]:
+    """return_episode_1, 2, ...: the same for every run, or a PlotError."""
+    keys = {tuple(sorted((k for k in run.records[0] if re.fullmatch(r"return_episode_\d+", k)), key=lambda k: int(k.split("_")[-1])))
+            for run in runs}
+    if len(keys) > 1:
+        raise PlotError("runs with different numbers of episodes per trial (--num-exploit-episodes) in one figure")
+    return list(keys.pop())
 
 
 def _mean_band(ax, x, rows, label, colour=None):
@@ -106,7 +113,7 @@ def _mean_band(ax, x, rows, label, colour=None):
 def plot_curves(runs: list[Run], group_by: str = "exp_name"):
     """Fig. 2/4: test return per episode of the trial against frames, and NMI at the end of exploration."""
     groups = group_runs(runs, group_by)
-    keys = _episode_keys(runs[0].records)
+    keys = _episode_keys(runs)
     fig, axes = plt.subplots(1, len(keys) + 1, figsize=(4.5 * (len(keys) + 1), 3.6), squeeze=False)
     for name, members in groups.items():
         # the band needs every run at every point: keep the evaluation steps that all runs of the group share
@@ -217,7 +224,7 @@ def plot_schedules(horizon: int = 100, a_h=0.1, b_h=0.1, s_h=0.1, a_c=0.2, b_c=0
 
 def results_table(runs: list[Run], group_by: str = "exp_name", record_index: int = -1) -> str:
     """Markdown: one row per (env, group), final test returns and NMI as mean +- std over its runs."""
-    keys = _episode_keys(runs[0].records)
+    keys = _episode_keys(runs)
     lines = ["| Environment | Group | Runs | " + " | ".join(f"Episode {k.split('_')[-1]} return" for k in keys)
              + " | NMI (end of exploration) |", "|---" * (len(keys) + 4) + "|"]
     for env_id in sorted({run.env_id for run in runs}):
@@ -303,9 +310,13 @@ def main(command) -> Optional[str]:
     if isinstance(command, Table):
         text = results_table(load_runs(command.runs), command.group_by)
         if command.out:
-            with open(command.out, "w") as f:
+            with open(command.out + ".tmp", "w") as f:
                 f.write(text + "\n")
+            os.replace(command.out + ".tmp", command.out)
         return text
+    suffix = os.path.splitext(command.out)[1]
+    if suffix not in (".png", ".svg", ".pdf"):
+        raise PlotError(f"--out {command.out}: the suffix picks the format, one of .png, .svg, .pdf")
     if isinstance(command, Schedules):
         fig = plot_schedules(command.horizon, command.a_h, command.b_h, command.s_h, command.a_c, command.b_c, command.s_c)
     elif isinstance(command, Nmi):
@@ -316,8 +327,9 @@ def main(command) -> Optional[str]:
         fig = plot_params(load_run(command.run), command.record)
     else:
         fig = plot_traces(load_run(command.run), command.record)
-    fig.savefig(command.out, dpi=120)
+    fig.savefig(command.out + ".tmp" + suffix, dpi=120)  # then a rename: never a half-written figure
     plt.close(fig)
+    os.replace(command.out + ".tmp" + suffix, command.out)
     return command.out
 
 

@@ -121,6 +121,7 @@ def test_bad_input_is_one_line_without_traceback(runs, tmp_path):
              (["nmi", str(empty)], "has no evaluations yet"),
              (["curves", runs["seed1"], runs["hopper"]], "runs of different environments in one figure"),
              (["traces", runs["seed1"], "--record", "99"], "there is no evaluation 99"),
+             (["traces", runs["seed1"], "--out", str(tmp_path / "traces.jpg")], "one of .png, .svg, .pdf"),
              (["curves"], "give at least one run folder"),
              (["curves", runs["seed1"], str(running)], "share 1 evaluation step(s); is one still running")]
     for args, message in cases:
