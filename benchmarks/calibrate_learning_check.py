@@ -22,8 +22,8 @@ def run_seed(seed: int, runs_dir: str) -> dict:
     env = dict(os.environ, OMP_NUM_THREADS="1")
     subprocess.run([sys.executable, os.path.join(ROOT, "milet_ppo_continuous.py"), "--runs-dir", seed_dir,
                     "--seed", str(seed), *LEARNING_FLAGS], check=True, capture_output=True, cwd=ROOT, env=env)
-    (run_name,) = os.listdir(seed_dir)
-    return {"seed": seed, **learning_figures(os.path.join(seed_dir, run_name))}
+    newest = max((os.path.join(seed_dir, name) for name in os.listdir(seed_dir)), key=os.path.getmtime)  # this run
+    return {"seed": seed, **learning_figures(newest)}
 
 
 if __name__ == "__main__":
