@@ -82,6 +82,9 @@ def test_ablation_flags_and_any_cluster_count_run(tmp_path):
     summary = json.load(open(os.path.join(only_run_dir(tmp_path / "a"), "summary.json")))
     assert {"test_return_episode_1", "test_return_episode_2", "test_return_episode_3"} <= set(summary)
     assert set(summary["test_clusters_pred"]) == {0}
+    run_script(tmp_path / "b", "--env-id", "AntGoal", "--num-clusters", "6", *tiny())  # the README's usage line
+    summary = json.load(open(os.path.join(only_run_dir(tmp_path / "b"), "summary.json")))
+    assert summary["args"]["num_clusters"] == 6 and set(summary["test_clusters_pred"]) <= set(range(6))
 
 
 def test_checkpoint_reruns_the_same_evaluation(tmp_path):
