@@ -13,6 +13,7 @@ Runs are grouped into lines by a field of their arguments (`--group-by`, default
 standard deviation over the runs (seeds) of a group. Every figure uses the final evaluation of each run unless
 `--record` picks another. Reads `eval.jsonl` (one line per evaluation) and `summary.json`/the run folder name.
 """
+import inspect
 import json
 import os
 import re
@@ -30,6 +31,9 @@ import tyro  # noqa: E402
 import envs_clustered  # noqa: E402
 from cbvi import gamma_c, gamma_h  # noqa: E402
 
+# the Eq. 12 schedule parameters default to cbvi.py's values, which the training script's Args also use
+SCHEDULE_DEFAULTS = {name: parameter.default for schedule in (gamma_h, gamma_c)
+                     for name, parameter in inspect.signature(schedule).parameters.items() if name[1:3] in ("_h", "_c")}
 CLUSTER_COLOURS = plt.get_cmap("tab10")  # inferred cluster k is drawn in colour k in every figure
 
 
@@ -207,14 +211,13 @@ def plot_params(run: Run, record_index: int = -1):
     return fig
 
 
-def plot_schedules(horizon: int = 100, a_h=0.1, b_h=0.1, s_h=0.1, a_c=0.2, b_c=0.1, s_c=0.1):
-    """Fig. 6: the exploration-reward weights gamma_h(t) and gamma_c(t) of Eq. 12."""
-    import torch
-
-    t = torch.arange(horizon + 1, dtype=torch.float32)
+def plot_schedules(horizon: int = 100, **params):
+    """Fig. 6: the exploration-reward weights gamma_h(t) and gamma_c(t) of Eq. 12; params: a_h, ..., s_c."""
+    params = {**SCHEDULE_DEFAULTS, **params}
+    t = np.arange(horizon + 1, dtype=float)
     fig, ax = plt.subplots(figsize=(5, 3.4))
-    ax.plot(t, gamma_h(t, horizon, a_h, b_h, s_h), label=r"$\gamma_h(t)$ (entropy reward $r_h$)")
-    ax.plot(t, gamma_c(t, horizon, a_c, b_c, s_c), label=r"$\gamma_c(t)$ (consistency reward $r_c$)")
+    ax.plot(t, gamma_h(t, horizon, params["a_h"], params["b_h"], params["s_h"]), label=r"$\gamma_h(t)$ (entropy reward $r_h$)")
+    ax.plot(t, gamma_c(t, horizon, params["a_c"], params["b_c"], params["s_c"]), label=r"$\gamma_c(t)$ (consistency reward $r_c$)")
     ax.axhline(0, color="0.6", lw=0.8)
     ax.set(xlabel="time step t of the exploration episode", ylabel="weight", title="Eq. 12 schedules")
     ax.legend(fontsize=8)
@@ -279,12 +282,14 @@ class Schedules(Figure):
     """Fig. 6: gamma_h(t) and gamma_c(t)."""
     horizon: int = 100
     """episode length H"""
-    a_h: float = 0.1
-    b_h: float = 0.1
-    s_h: float = 0.1
-    a_c: float = 0.2
-    b_c: float = 0.1
-    s_c: float = 0.1
+    a_h: float = SCHEDULE_DEFAULTS["a_h"]
+    """gamma_h(t) = b_h - a_h exp(-s_h (H - t))"""
+    b_h: float = SCHEDULE_DEFAULTS["b_h"]
+    s_h: float = SCHEDULE_DEFAULTS["s_h"]
+    a_c: float = SCHEDULE_DEFAULTS["a_c"]
+    """gamma_c(t) = -b_c + a_c exp(-s_c (H - t))"""
+    b_c: float = SCHEDULE_DEFAULTS["b_c"]
+    s_c: float = SCHEDULE_DEFAULTS["s_c"]
 
 
 @dataclass
@@ -318,7 +323,7 @@ def main(command) -> Optional[str]:
     if suffix not in (".png", ".svg", ".pdf"):
         raise PlotError(f"--out {command.out}: the suffix picks the format, one of .png, .svg, .pdf")
     if isinstance(command, Schedules):
-        fig = plot_schedules(command.horizon, command.a_h, command.b_h, command.s_h, command.a_c, command.b_c, command.s_c)
+        fig = plot_schedules(command.horizon, **{name: getattr(command, name) for name in SCHEDULE_DEFAULTS})
     elif isinstance(command, Nmi):
         fig = plot_nmi(load_runs(command.runs), command.group_by, command.record)
     elif isinstance(command, Curves):
