@@ -29,12 +29,12 @@ import torch.nn.functional as F
 import torch.optim as optim
 import tyro
 from gymnasium.wrappers.utils import RunningMeanStd
-from sklearn.metrics import normalized_mutual_info_score
 from torch.distributions.normal import Normal
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 import envs_clustered
+import meta_test
 from cbvi import CBVI, TrialBuffer, exploration_rewards, gamma_c, gamma_h
 
 
@@ -338,46 +338,21 @@ def ppo_update(agent, optimizer, inputs, actions, logprobs, advantages, returns,
 
 @torch.no_grad()
 def evaluate(args: Args, cbvi, explore_agent, exploit_agent, obs_rms, eval_envs, split, device) -> dict:
-    """Meta-test (Algorithm 2) on the fixed test tasks: mean actions and the argmax cluster.
+    """Meta-test (Algorithm 2, meta_test.py) on the fixed test tasks: mean actions and the argmax cluster.
     Reads the training observation statistics but never updates them (the authors' code did)."""
-    num_tasks, steps = len(split.test_tasks), args.episode_length
-    num_episodes = 1 + args.num_exploit_episodes
-    obs, info = eval_envs.reset(seed=args.seed + 10_000, options={"tasks": split.test_tasks, "clusters": split.test_clusters})
-    hidden, belief = cbvi.initial_belief(num_tasks, sample=False)
-    episode_returns, predicted_clusters = np.zeros((num_episodes, num_tasks)), []
-    xy_trace = [np.stack(info["xy"])] if "xy" in info else None
-    for step in range(num_episodes * steps):
-        episode = step // steps
-        agent = explore_agent if episode == 0 and explore_agent is not None else exploit_agent
-        action, _, _, _ = agent.get_action_and_value(policy_input(obs, belief, obs_rms, args, device), deterministic=True)
-        obs, reward, _, _, info = eval_envs.step(action.cpu().numpy())
-        next_state = torch.as_tensor(np.stack(info["next_state"]), dtype=torch.float32, device=device)
-        reward_t = torch.as_tensor(reward, dtype=torch.float32, device=device)
-        hidden, belief = cbvi.step(action, next_state, reward_t, hidden, sample=False)
-        episode_returns[episode] += reward
-        if episode == 0:
-            predicted_clusters.append(belief.cluster_probs.argmax(-1).cpu().numpy())
-            if xy_trace is not None:
-                xy_trace.append(np.stack(info["xy"]))
-    # NMI(true cluster, argmax q(c | tau_:t)) after every step t = 1..H of the exploration episode (Fig. 3c)
-    nmi_per_step = [float(normalized_mutual_info_score(split.test_clusters, pred)) for pred in predicted_clusters]
-    result = {f"return_episode_{k + 1}": float(episode_returns[k].mean()) for k in range(num_episodes)}
-    result.update(
-        nmi_per_step=nmi_per_step, nmi_end_of_exploration=nmi_per_step[-1],
-        test_clusters_true=split.test_clusters.tolist(), test_clusters_pred=predicted_clusters[-1].tolist(),
-        test_returns_per_task=np.round(episode_returns, 3).tolist(),
-        exploration_clusters=np.stack(predicted_clusters).T.tolist(),  # (tasks, H): argmax cluster per step
-    )
-    if xy_trace is not None:  # (tasks, H+1, 2): the exploration episode's xy trace, for Fig. 3a
-        result["exploration_xy"] = np.round(np.stack(xy_trace).transpose(1, 0, 2), 3).tolist()
-    return result
+    hidden, belief = cbvi.initial_belief(len(split.test_tasks), sample=False)
 
+    def act(obs, step):
+        agent = explore_agent if step < args.episode_length and explore_agent is not None else exploit_agent
+        return agent.get_action_and_value(policy_input(obs, belief, obs_rms, args, device), deterministic=True)[0]
 
-def write_atomic(path: str, text: str) -> None:
-    """Write a whole file via a temporary file and a rename, so an interruption never leaves half a file."""
-    with open(path + ".tmp", "w") as f:
-        f.write(text)
-    os.replace(path + ".tmp", path)
+    def observe(action, next_state, reward, step):
+        nonlocal hidden, belief
+        hidden, belief = cbvi.step(action, next_state, reward, hidden, sample=False)
+        return belief.cluster_probs
+
+    return meta_test.evaluate(eval_envs, split, args.seed + 10_000, 1 + args.num_exploit_episodes,
+                              args.episode_length, act, observe)
 
 
 def save_checkpoint(path, args, cbvi, explore_agent, exploit_agent, obs_rms, iteration, global_step):
@@ -430,7 +405,7 @@ if __name__ == "__main__":
         wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True,
                    config=vars(args), name=run_name, save_code=True)
     writer = SummaryWriter(run_dir)
-    write_atomic(os.path.join(run_dir, "args.json"), json.dumps(vars(args), indent=1))
+    meta_test.write_atomic(os.path.join(run_dir, "args.json"), json.dumps(vars(args), indent=1))
     writer.add_text("hyperparameters", "|param|value|\n|-|-|\n%s" % "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
 
     # TRY NOT TO MODIFY: seeding
@@ -547,10 +522,7 @@ if __name__ == "__main__":
                 record = {"iteration": iteration, "global_step": global_step,
                           **evaluate(args, cbvi, explore_agent, exploit_agent, obs_rms, eval_envs, split, device)}
                 cbvi.train()
-                eval_lines.append(json.dumps(record) + "\n")
-                for key in [k for k in record if k.startswith("return_episode_")] + ["nmi_end_of_exploration"]:
-                    writer.add_scalar(f"eval/{key}", record[key], global_step)
-                write_atomic(os.path.join(run_dir, "eval.jsonl"), "".join(eval_lines))
+                meta_test.log_evaluation(writer, run_dir, eval_lines, record)
                 if args.save_model:
                     save_checkpoint(checkpoint_path, args, cbvi, explore_agent, exploit_agent, obs_rms, iteration, global_step)
             sps = int(global_step / (time.time() - start_time))
@@ -560,11 +532,8 @@ if __name__ == "__main__":
         writer.close()
         sys.exit(f"milet_ppo_continuous.py: error: {error}")
 
-    summary = {"env_id": args.env_id, "seed": args.seed, "global_step": global_step, "sps": sps,
-               **{f"test_{k}": v for k, v in record.items() if k.startswith("return_episode_")},
-               **{k: record[k] for k in ("nmi_end_of_exploration", "nmi_per_step", "test_clusters_true", "test_clusters_pred")},
-               "args": vars(args)}
-    write_atomic(os.path.join(run_dir, "summary.json"), json.dumps(summary, indent=1))
+    summary = meta_test.summary(args, global_step, sps, record)
+    meta_test.write_atomic(os.path.join(run_dir, "summary.json"), json.dumps(summary, indent=1))
     envs.close()
     eval_envs.close()
     writer.close()

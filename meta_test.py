@@ -1,0 +1,79 @@
+"""Meta-test evaluation (the paper's Algorithm 2) and the run files, shared by the three training scripts.
+
+MILET (milet_ppo_continuous.py), VariBAD (varibad_ppo_continuous.py) and RL2 (rl2_ppo_continuous.py) are
+evaluated by this one function, so the protocol is the same for all three (Sec. 5):
+  * the same 32 held-out test tasks of `envs_clustered.make_task_split`, one per vector-env slot;
+  * the same trial: 1 exploration episode and N exploitation episodes of H steps, with deterministic actions;
+  * the same record: the return of every episode, the exploration episode's xy trace (goal envs) and, for a method
+    with a cluster posterior, the NMI between the true cluster and argmax q(c | tau_:t) after every step t of the
+    exploration episode (Fig. 3c). A method without clusters returns no cluster probabilities: NMI is omitted.
+
+Each method supplies two callables: `act(obs, step) -> action` and `observe(action, next_state, reward, step)
+-> cluster_probs or None`, which update its own recurrent state. `write_atomic` writes eval.jsonl, summary.json
+and args.json so that an interrupted run never leaves half a file.
+"""
+import json
+import os
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+from sklearn.metrics import normalized_mutual_info_score
+
+SUMMARY_KEYS = ("nmi_end_of_exploration", "nmi_per_step", "test_clusters_true", "test_clusters_pred")
+
+
+@torch.no_grad()
+def evaluate(eval_envs, split, seed: int, num_episodes: int, episode_length: int,
+             act: Callable[[np.ndarray, int], torch.Tensor],
+             observe: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int], Optional[torch.Tensor]]) -> dict:
+    """Run one trial on every test task of `split` and return the record that goes into eval.jsonl."""
+    num_tasks = len(split.test_tasks)
+    obs, info = eval_envs.reset(seed=seed, options={"tasks": split.test_tasks, "clusters": split.test_clusters})
+    episode_returns, predicted_clusters = np.zeros((num_episodes, num_tasks)), []
+    xy_trace = [np.stack(info["xy"])] if "xy" in info else None
+    for step in range(num_episodes * episode_length):
+        episode = step // episode_length
+        action = act(obs, step)
+        obs, reward, _, _, info = eval_envs.step(action.cpu().numpy())
+        next_state = torch.as_tensor(np.stack(info["next_state"]), dtype=torch.float32, device=action.device)
+        cluster_probs = observe(action, next_state, torch.as_tensor(reward, dtype=torch.float32, device=action.device), step)
+        episode_returns[episode] += reward
+        if episode == 0:
+            if cluster_probs is not None:
+                predicted_clusters.append(cluster_probs.argmax(-1).cpu().numpy())
+            if xy_trace is not None:
+                xy_trace.append(np.stack(info["xy"]))
+    result = {f"return_episode_{k + 1}": float(episode_returns[k].mean()) for k in range(num_episodes)}
+    result.update(test_clusters_true=split.test_clusters.tolist(), test_returns_per_task=np.round(episode_returns, 3).tolist())
+    if predicted_clusters:
+        # NMI(true cluster, argmax q(c | tau_:t)) after every step t = 1..H of the exploration episode (Fig. 3c)
+        nmi_per_step = [float(normalized_mutual_info_score(split.test_clusters, pred)) for pred in predicted_clusters]
+        result.update(nmi_per_step=nmi_per_step, nmi_end_of_exploration=nmi_per_step[-1],
+                      test_clusters_pred=predicted_clusters[-1].tolist(),
+                      exploration_clusters=np.stack(predicted_clusters).T.tolist())  # (tasks, H): argmax per step
+    if xy_trace is not None:  # (tasks, H+1, 2): the exploration episode's xy trace, for Fig. 3a
+        result["exploration_xy"] = np.round(np.stack(xy_trace).transpose(1, 0, 2), 3).tolist()
+    return result
+
+
+def summary(args, global_step: int, sps: int, record: dict) -> dict:
+    """summary.json: the run, its final test returns and, where the method infers clusters, the NMI figures."""
+    return {"env_id": args.env_id, "seed": args.seed, "global_step": global_step, "sps": sps,
+            **{f"test_{k}": v for k, v in record.items() if k.startswith("return_episode_")},
+            **{k: record[k] for k in SUMMARY_KEYS if k in record}, "args": vars(args)}
+
+
+def write_atomic(path: str, text: str) -> None:
+    """Write a whole file via a temporary file and a rename, so an interruption never leaves half a file."""
+    with open(path + ".tmp", "w") as f:
+        f.write(text)
+    os.replace(path + ".tmp", path)
+
+
+def log_evaluation(writer, run_dir: str, eval_lines: list, record: dict) -> None:
+    """Append one evaluation to eval.jsonl (rewritten whole, atomically) and to tensorboard's eval/ tags."""
+    eval_lines.append(json.dumps(record) + "\n")
+    for key in [k for k in record if k.startswith("return_episode_") or k == "nmi_end_of_exploration"]:
+        writer.add_scalar(f"eval/{key}", record[key], record["global_step"])
+    write_atomic(os.path.join(run_dir, "eval.jsonl"), "".join(eval_lines))
