@@ -130,7 +130,8 @@ def plot_curves(runs: list[Run], group_by: str = "exp_name"):
             print(f"plots.py: group {name!r}: runs differ in length; curves stop at frame {steps[-1]}", file=sys.stderr)
         by_step = [{r["global_step"]: r for r in run.records} for run in members]
         for ax, key in zip(axes[0], keys + ["nmi_end_of_exploration"]):
-            _mean_band(ax, steps, [[runs_at[s][key] for s in steps] for runs_at in by_step], name)
+            if all(key in runs_at[s] for runs_at in by_step for s in steps):  # methods without clusters log no NMI
+                _mean_band(ax, steps, [[runs_at[s][key] for s in steps] for runs_at in by_step], name)
     for k, ax in enumerate(axes[0]):
         title = "NMI at the end of the exploration episode" if k == len(keys) else (
             f"episode {k + 1} ({'exploration' if k == 0 else 'exploitation'})")
@@ -147,6 +148,8 @@ def plot_traces(run: Run, record_index: int = -1):
     record = final_record(run, record_index)
     if "exploration_xy" not in record:
         raise PlotError(f"{run.env_id} logs no xy traces (only goal and direction envs do)")
+    if "exploration_clusters" not in record:
+        raise PlotError(f"{run.path} infers no clusters (VariBAD, RL2): there is nothing to colour the traces by")
     split = envs_clustered.make_task_split(run.env_id, seed=run.args.get("task_seed", 0))
     traces, clusters = np.asarray(record["exploration_xy"]), np.asarray(record["exploration_clusters"])
     fig, ax = plt.subplots(figsize=(5.5, 5.5))
@@ -172,6 +175,9 @@ def plot_nmi(runs: list[Run], group_by: str = "exp_name", record_index: int = -1
     """Fig. 3c: NMI(true, argmax q(c | tau_:t)) against the step t of the exploration episode."""
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     for name, members in group_runs(runs, group_by).items():
+        if any("nmi_per_step" not in final_record(run, record_index) for run in members):
+            print(f"plots.py: group {name!r} infers no clusters (no NMI); left out", file=sys.stderr)
+            continue
         rows = [final_record(run, record_index)["nmi_per_step"] for run in members]
         if len({len(r) for r in rows}) > 1:
             raise PlotError(f"group {name}: runs with different episode lengths")
@@ -234,9 +240,9 @@ def results_table(runs: list[Run], group_by: str = "exp_name", record_index: int
         for name, members in group_runs([r for r in runs if r.env_id == env_id], group_by).items():
             finals = [final_record(run, record_index) for run in members]
             cells = [f"{np.mean([f[k] for f in finals]):.1f} ± {np.std([f[k] for f in finals]):.1f}" for k in keys]
-            nmi = [f["nmi_end_of_exploration"] for f in finals]
-            lines.append(f"| {env_id} | {name} | {len(members)} | " + " | ".join(cells)
-                         + f" | {np.mean(nmi):.3f} ± {np.std(nmi):.3f} |")
+            nmi = [f["nmi_end_of_exploration"] for f in finals if "nmi_end_of_exploration" in f]
+            nmi_cell = f"{np.mean(nmi):.3f} ± {np.std(nmi):.3f}" if len(nmi) == len(finals) else "n/a (no clusters)"
+            lines.append(f"| {env_id} | {name} | {len(members)} | " + " | ".join(cells) + f" | {nmi_cell} |")
     return "\n".join(lines)
 
 

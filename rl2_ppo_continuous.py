@@ -1,0 +1,341 @@
+"""RL2 (Duan et al., 2016) with PPO for continuous actions: the recurrent baseline of the MILET paper (CleanRL style).
+
+One recurrent policy and no inference model. A GRU reads (s_t, a_{t-1}, r_{t-1}, episode-start flag) at every step;
+its hidden state persists across the 1 + N episodes of a trial and is reset only between trials, so the policy
+itself must learn to explore in episode 1 and exploit what it found later. PPO trains it on whole trial sequences
+(each minibatch is a set of trials, re-run from the zero hidden state) to maximise the whole trial's return.
+
+It shares MILET's environments (envs_clustered.py), its meta-test protocol (meta_test.py) and its PPO pieces
+(gae, layer_init and the Huber clipped value loss of milet_ppo_continuous.py), so that only the method differs.
+
+    python rl2_ppo_continuous.py                        # PointGoal
+    python rl2_ppo_continuous.py --env-id AntGoal
+"""
+import json
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torch.optim as optim
+import tyro
+from gymnasium.wrappers.utils import RunningMeanStd
+from torch.distributions.normal import Normal
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+import envs_clustered
+import meta_test
+from milet_ppo_continuous import ENV_DEFAULTS, check_finite, gae, layer_init, make_env, mlp
+
+
+@dataclass
+class Args:
+    exp_name: str = os.path.basename(__file__)[: -len(".py")]
+    """the name of this experiment"""
+    seed: int = 1
+    """seed of the experiment (policy, task sampling, environments)"""
+    torch_deterministic: bool = True
+    """if toggled, `torch.backends.cudnn.deterministic=True`"""
+    cuda: bool = True
+    """if toggled, cuda will be enabled when available"""
+    track: bool = False
+    """if toggled, this experiment will be tracked with Weights and Biases (needs `pip install wandb`)"""
+    wandb_project_name: str = "milet"
+    """the wandb's project name"""
+    wandb_entity: Optional[str] = None
+    """the entity (team) of wandb's project"""
+    runs_dir: str = "runs"
+    """folder that receives runs/<run_name>/ (tensorboard events, eval.jsonl, summary.json, checkpoint)"""
+    save_model: bool = False
+    """if toggled, save a checkpoint (runs/<run_name>/rl2.pt) at every evaluation"""
+    eval_every: int = 25
+    """meta-test evaluation every this many iterations (and before training and at the end)"""
+
+    # Environment and trials, as MILET
+    env_id: str = "PointGoal"
+    """the environment id, one of envs_clustered.ENV_IDS"""
+    task_seed: int = 0
+    """seed of the 500 train / 32 test task split (kept fixed across training seeds)"""
+    total_timesteps: Optional[int] = None
+    """total environment frames of the experiment (None: MILET's budget for the env, 2M on PointGoal)"""
+    num_envs: int = 16
+    """the number of parallel trials (one task each) per iteration"""
+    episode_length: int = 100
+    """H, the length of every episode"""
+    num_exploit_episodes: int = 1
+    """N, episodes after the first (exploration) episode of a trial"""
+    async_envs: bool = False
+    """if toggled, step MuJoCo environments in worker processes (gymnasium AsyncVectorEnv)"""
+
+    # Recurrent policy
+    gru_hidden_size: int = 128
+    """hidden size of the policy GRU"""
+    embed_sizes: tuple[int, int, int] = (16, 32, 16)
+    """Linear+ReLU embedding sizes of the previous action, the state and the previous reward (as VariBAD's RL2)"""
+    policy_layers: tuple[int, ...] = (128,)
+    """hidden layers of the actor and critic heads on the GRU output"""
+
+    # PPO
+    learning_rate: float = 3e-4
+    """the learning rate of the optimizer"""
+    anneal_lr: bool = True
+    """toggle learning rate annealing"""
+    gamma: float = 0.97
+    """the discount factor gamma (MILET's)"""
+    gae_lambda: float = 0.9
+    """the lambda for the general advantage estimation (MILET's)"""
+    num_minibatches: Optional[int] = None
+    """the number of mini-batches of whole trials per PPO epoch (None: 4 on PointGoal, else RL2's 1)"""
+    update_epochs: Optional[int] = None
+    """the K epochs to update the policy (None: 4 on PointGoal, else RL2's 2)"""
+    norm_adv: bool = True
+    """toggles advantages normalization"""
+    clip_coef: Optional[float] = None
+    """the surrogate clipping coefficient, also clips the value loss (None: 0.2 on PointGoal, else RL2's 0.05)"""
+    ent_coef: Optional[float] = None
+    """coefficient of the entropy (None: 1e-3 on PointGoal, else RL2's 0.01)"""
+    huber_value_loss: bool = True
+    """Huber (smooth L1) clipped value loss, as MILET; --no-huber-value-loss uses the squared error"""
+    vf_coef: float = 0.5
+    """coefficient of the value function"""
+    max_grad_norm: float = 0.5
+    """the maximum norm for the gradient clipping"""
+
+    # to be filled in runtime
+    trial_length: int = 0
+    """(1 + N) * H, filled in at runtime"""
+    num_iterations: int = 0
+    """the number of iterations (computed in runtime)"""
+
+
+# Unset flags: PointGoal takes PPO steps as large as MILET's quick preset; other envs the RL2 settings of VariBAD's
+# AntGoal config (REFERENCE.md). Every env keeps MILET's frame budget, so that all methods get the same frames.
+POINTGOAL = dict(num_minibatches=4, update_epochs=4, clip_coef=0.2, ent_coef=1e-3)
+RL2 = dict(num_minibatches=1, update_epochs=2, clip_coef=0.05, ent_coef=0.01)
+
+
+def check_args(args: Args) -> None:
+    """Fill the per-env defaults, then reject impossible settings with one clear line before anything is written."""
+    if args.env_id not in envs_clustered.ENV_IDS:
+        raise ValueError(f"unknown --env-id {args.env_id!r}; valid ids: {', '.join(envs_clustered.ENV_IDS)}")
+    defaults = POINTGOAL if args.env_id == "PointGoal" else RL2
+    for name, value in dict(defaults, total_timesteps=ENV_DEFAULTS[args.env_id]["total_timesteps"]).items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    for flag in ("num_minibatches", "update_epochs", "eval_every", "episode_length", "num_exploit_episodes"):
+        if getattr(args, flag) < 1:
+            raise ValueError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
+    if args.async_envs and args.env_id == "PointGoal":
+        raise ValueError("--async-envs is for the MuJoCo envs; PointGoal is already one batched numpy env")
+    if args.num_envs < 1 or args.num_envs % args.num_minibatches:
+        raise ValueError(f"--num-envs ({args.num_envs}) must be a positive multiple of --num-minibatches ({args.num_minibatches})")
+    one_iteration = args.num_envs * (1 + args.num_exploit_episodes) * args.episode_length
+    if args.total_timesteps < one_iteration:
+        raise ValueError(f"--total-timesteps ({args.total_timesteps}) is below one iteration ({one_iteration} frames)")
+
+
+class RL2Agent(nn.Module):
+    """pi(a_t | GRU(s_0, ..., s_t, a_{<t}, r_{<t}, episode starts)) and its value, sharing the GRU (the RL loss trains it)."""
+
+    def __init__(self, obs_dim: int, action_dim: int, args: Args):
+        super().__init__()
+        action_embed, state_embed, reward_embed = args.embed_sizes
+        self.embed_action = nn.Sequential(layer_init(nn.Linear(action_dim, action_embed)), nn.ReLU())
+        self.embed_state = nn.Sequential(layer_init(nn.Linear(obs_dim, state_embed)), nn.ReLU())
+        self.embed_reward = nn.Sequential(layer_init(nn.Linear(1, reward_embed)), nn.ReLU())
+        self.gru = nn.GRU(action_embed + state_embed + reward_embed + 1, args.gru_hidden_size)
+        self.obs_dim = obs_dim
+        for name, param in self.gru.named_parameters():
+            if "bias" in name:
+                nn.init.constant_(param, 0)
+            elif "weight" in name:
+                nn.init.orthogonal_(param, 1.0)
+        self.critic = mlp(args.gru_hidden_size, args.policy_layers, 1, out_std=1.0)
+        self.actor_mean = mlp(args.gru_hidden_size, args.policy_layers, action_dim, out_std=0.01)
+        self.actor_logstd = nn.Parameter(torch.zeros(1, action_dim))
+
+    def forward(self, inputs, hidden, action=None, deterministic=False):
+        """inputs (T, B, in) from hidden (B, H) -> action, logprob, entropy, value (each (T, B[, A])), new hidden."""
+        obs, prev_action, prev_reward, episode_start = inputs.split([self.obs_dim, inputs.shape[-1] - self.obs_dim - 2, 1, 1], -1)
+        embedded = torch.cat([self.embed_action(prev_action), self.embed_state(obs), self.embed_reward(prev_reward), episode_start], -1)
+        features, hidden = self.gru(embedded, hidden.unsqueeze(0))
+        action_mean = self.actor_mean(features)
+        probs = Normal(action_mean, self.actor_logstd.exp().expand_as(action_mean))
+        if action is None:
+            action = action_mean if deterministic else probs.sample()
+        return (action, probs.log_prob(action).sum(-1), probs.entropy().sum(-1), self.critic(features).squeeze(-1),
+                hidden[0])
+
+
+def rl2_input(obs, prev_action, prev_reward, step, obs_rms, args, device) -> torch.Tensor:
+    """(normalised s_t, a_{t-1}, r_{t-1}, 1 at the first step of every episode); zeros before the trial's first step."""
+    norm_obs = np.clip((obs - obs_rms.mean) / np.sqrt(obs_rms.var + 1e-8), -10, 10)
+    episode_start = torch.full((len(obs), 1), float(step % args.episode_length == 0), device=device)
+    return torch.cat([torch.as_tensor(norm_obs, dtype=torch.float32, device=device), prev_action,
+                      prev_reward.unsqueeze(-1), episode_start], -1)
+
+
+@torch.no_grad()
+def evaluate(args: Args, agent, obs_rms, eval_envs, split, device) -> dict:
+    """Meta-test (meta_test.py): mean actions, the hidden state carried through the trial. No clusters, so no NMI."""
+    num_tasks = len(split.test_tasks)
+    hidden = torch.zeros(num_tasks, args.gru_hidden_size, device=device)
+    prev_action = torch.zeros(num_tasks, eval_envs.single_action_space.shape[0], device=device)
+    prev_reward = torch.zeros(num_tasks, device=device)
+
+    def act(obs, step):
+        nonlocal hidden
+        x = rl2_input(obs, prev_action, prev_reward, step, obs_rms, args, device)
+        action, _, _, _, hidden = agent(x.unsqueeze(0), hidden, deterministic=True)
+        return action[0]
+
+    def observe(action, next_state, reward, step):
+        nonlocal prev_action, prev_reward
+        prev_action, prev_reward = action, reward
+        return None
+
+    return meta_test.evaluate(eval_envs, split, args.seed + 10_000, 1 + args.num_exploit_episodes,
+                              args.episode_length, act, observe)
+
+
+if __name__ == "__main__":
+    args = tyro.cli(Args)
+    try:
+        check_args(args)
+    except ValueError as error:
+        sys.exit(f"rl2_ppo_continuous.py: error: {error}")
+    args.trial_length = (1 + args.num_exploit_episodes) * args.episode_length
+    args.num_iterations = args.total_timesteps // (args.num_envs * args.trial_length)
+    run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    run_dir = os.path.join(args.runs_dir, run_name)
+    if args.track:
+        import wandb
+
+        wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True,
+                   config=vars(args), name=run_name, save_code=True)
+    writer = SummaryWriter(run_dir)
+    meta_test.write_atomic(os.path.join(run_dir, "args.json"), json.dumps(vars(args), indent=1))
+    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n%s" % "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
+
+    # TRY NOT TO MODIFY: seeding
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+
+    # env setup: the same task split, trials and test tasks as MILET
+    split = envs_clustered.make_task_split(args.env_id, seed=args.task_seed)
+    envs = make_env(args, args.num_envs, args.seed)
+    eval_envs = make_env(args, len(split.test_tasks), args.seed + 1)
+    obs_dim, action_dim = envs.single_observation_space.shape[0], envs.single_action_space.shape[0]
+    task_rng = np.random.default_rng(args.seed)
+    agent = RL2Agent(obs_dim, action_dim, args).to(device)
+    optimizer = optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)
+    obs_rms, return_rms = RunningMeanStd(shape=(obs_dim,)), RunningMeanStd(shape=())
+
+    # ALGO Logic: Storage setup for one trial per environment
+    T, B = args.trial_length, args.num_envs
+    inputs = torch.zeros((T, B, obs_dim + action_dim + 2), device=device)
+    actions = torch.zeros((T, B, action_dim), device=device)
+    logprobs, values, rewards = (torch.zeros((T, B), device=device) for _ in range(3))
+
+    global_step, start_time, eval_lines = 0, time.time(), []
+    value_loss_fn = F.smooth_l1_loss if args.huber_value_loss else F.mse_loss
+    progress = tqdm(range(0, args.num_iterations + 1), desc=f"RL2 {args.env_id}", unit="it")
+    try:
+        for iteration in progress:
+            if iteration > 0:
+                if args.anneal_lr:
+                    optimizer.param_groups[0]["lr"] = (1.0 - (iteration - 1.0) / args.num_iterations) * args.learning_rate
+
+                # ALGO LOGIC: one trial per environment; the hidden state starts at zero and runs through all episodes
+                task_index = task_rng.integers(len(split.train_tasks), size=B)
+                obs, _ = envs.reset(seed=args.seed if iteration == 1 else None,
+                                    options={"tasks": split.train_tasks[task_index], "clusters": split.train_clusters[task_index]})
+                hidden = torch.zeros(B, args.gru_hidden_size, device=device)
+                prev_action, prev_reward = torch.zeros(B, action_dim, device=device), torch.zeros(B, device=device)
+                with torch.no_grad():
+                    for step in range(T):
+                        global_step += B
+                        obs_rms.update(obs)
+                        inputs[step] = rl2_input(obs, prev_action, prev_reward, step, obs_rms, args, device)
+                        action, logprob, _, value, hidden = agent(inputs[step].unsqueeze(0), hidden)
+                        actions[step], logprobs[step], values[step] = action[0], logprob[0], value[0]
+                        obs, reward, _, _, _ = envs.step(action[0].cpu().numpy())
+                        rewards[step] = torch.as_tensor(reward, dtype=torch.float32, device=device)
+                        prev_action, prev_reward = action[0], rewards[step]
+
+                # ALGO LOGIC: the objective is the whole trial's return; rewards scaled by a running return std, as MILET
+                discounted = torch.zeros_like(rewards)
+                for t in range(T):
+                    discounted[t] = rewards[t] + args.gamma * (discounted[t - 1] if t else 0.0)
+                return_rms.update(discounted.flatten().cpu().numpy())
+                policy_rewards = (rewards / np.sqrt(return_rms.var + 1e-8)).clamp(-10, 10)
+                advantages, returns = gae(policy_rewards, values, args.gamma, args.gae_lambda)  # across episode boundaries
+
+                # ALGO LOGIC: PPO on whole trial sequences: each minibatch is a set of trials, re-run from h = 0
+                trials_per_minibatch = B // args.num_minibatches
+                clipfracs = []
+                for epoch in range(args.update_epochs):
+                    for mb in torch.randperm(B).split(trials_per_minibatch):
+                        _, newlogprob, entropy, newvalue, _ = agent(
+                            inputs[:, mb], torch.zeros(len(mb), args.gru_hidden_size, device=device), actions[:, mb])
+                        logratio = newlogprob - logprobs[:, mb]
+                        ratio = logratio.exp()
+                        with torch.no_grad():
+                            approx_kl = ((ratio - 1) - logratio).mean()
+                            clipfracs.append(((ratio - 1.0).abs() > args.clip_coef).float().mean().item())
+                        mb_advantages = advantages[:, mb]
+                        if args.norm_adv:
+                            mb_advantages = (mb_advantages - mb_advantages.mean()) / (mb_advantages.std() + 1e-8)
+                        pg_loss = torch.max(-mb_advantages * ratio,
+                                            -mb_advantages * ratio.clamp(1 - args.clip_coef, 1 + args.clip_coef)).mean()
+                        v_clipped = values[:, mb] + (newvalue - values[:, mb]).clamp(-args.clip_coef, args.clip_coef)
+                        v_loss = 0.5 * torch.max(value_loss_fn(newvalue, returns[:, mb], reduction="none"),
+                                                 value_loss_fn(v_clipped, returns[:, mb], reduction="none")).mean()
+                        entropy_loss = entropy.mean()
+                        loss = pg_loss - args.ent_coef * entropy_loss + v_loss * args.vf_coef
+                        check_finite({"policy_loss": pg_loss, "value_loss": v_loss}, iteration)
+                        optimizer.zero_grad()
+                        loss.backward()
+                        nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
+                        optimizer.step()
+
+                writer.add_scalar("charts/learning_rate", optimizer.param_groups[0]["lr"], global_step)
+                for key, value in {"policy_loss": pg_loss.item(), "value_loss": v_loss.item(), "entropy": entropy_loss.item(),
+                                   "approx_kl": approx_kl.item(), "clipfrac": float(np.mean(clipfracs))}.items():
+                    writer.add_scalar(f"losses/{key}", value, global_step)
+                for episode in range(1 + args.num_exploit_episodes):
+                    train_return = rewards[episode * args.episode_length: (episode + 1) * args.episode_length].sum(0).mean()
+                    writer.add_scalar(f"charts/return_episode_{episode + 1}", train_return.item(), global_step)
+                writer.add_scalar("charts/SPS", int(global_step / (time.time() - start_time)), global_step)
+
+            # meta-test evaluation before training, every eval_every iterations and at the end
+            if iteration % args.eval_every == 0 or iteration == args.num_iterations:
+                record = {"iteration": iteration, "global_step": global_step,
+                          **evaluate(args, agent, obs_rms, eval_envs, split, device)}
+                meta_test.log_evaluation(writer, run_dir, eval_lines, record)
+                if args.save_model:
+                    torch.save({"args": vars(args), "agent": agent.state_dict(), "iteration": iteration,
+                                "obs_rms": (obs_rms.mean, obs_rms.var, obs_rms.count)}, os.path.join(run_dir, "rl2.pt.tmp"))
+                    os.replace(os.path.join(run_dir, "rl2.pt.tmp"), os.path.join(run_dir, "rl2.pt"))
+            sps = int(global_step / (time.time() - start_time))
+            progress.set_postfix(SPS=sps, eval_return_2=round(record["return_episode_2"], 1))
+    except FloatingPointError as error:
+        writer.close()
+        sys.exit(f"rl2_ppo_continuous.py: error: {error}")
+
+    meta_test.write_atomic(os.path.join(run_dir, "summary.json"),
+                           json.dumps(meta_test.summary(args, global_step, sps, record), indent=1))
+    envs.close()
+    eval_envs.close()
+    writer.close()
+    print(f"run saved to {run_dir}")

@@ -1,0 +1,87 @@
+"""End-to-end tests of the baselines (varibad_ppo_continuous.py, rl2_ppo_continuous.py): bad input, every env id,
+the shared evaluation protocol (same keys as MILET, NMI omitted), reproducibility, and plots.py on their runs."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+import envs_clustered
+import plots
+from test_milet import ROOT, SCRIPT, only_run_dir, tiny
+
+BASELINES = {"varibad": os.path.join(ROOT, "varibad_ppo_continuous.py"), "rl2": os.path.join(ROOT, "rl2_ppo_continuous.py")}
+TINY = {  # 2 iterations of 4 trials of 2 x 5 steps (40 frames each), evaluated after every iteration
+    "varibad": ["--episode-length", "5", "--num-envs", "4", "--num-minibatches", "2", "--total-timesteps", "80",
+                "--vae-batch-size", "4", "--vae-num-prefixes", "3", "--vae-updates", "1", "--eval-every", "1", "--no-cuda"],
+    "rl2": ["--episode-length", "5", "--num-envs", "4", "--num-minibatches", "2", "--total-timesteps", "80",
+            "--eval-every", "1", "--no-cuda"],
+}
+
+
+def run_baseline(method, tmp_path, *flags, check=True):
+    result = subprocess.run([sys.executable, BASELINES[method], "--runs-dir", str(tmp_path), *flags],
+                            capture_output=True, text=True, cwd=ROOT, timeout=600)
+    if check:
+        assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+@pytest.mark.parametrize("method", BASELINES)
+@pytest.mark.parametrize("flags, message", [
+    (["--env-id", "AntGoall"], "unknown --env-id 'AntGoall'; valid ids: PointGoal, AntGoal"),
+    (["--num-envs", "10"], "must be a positive multiple of --num-minibatches"),
+    (["--total-timesteps", "100"], "is below one iteration"),
+    (["--update-epochs", "0"], "--update-epochs must be >= 1"),
+    (["--async-envs"], "--async-envs is for the MuJoCo envs"),
+])
+def test_bad_input_is_rejected_with_one_line_before_anything_is_written(tmp_path, method, flags, message):
+    result = run_baseline(method, tmp_path, *flags, check=False)
+    assert result.returncode != 0 and message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("method", BASELINES)
+@pytest.mark.parametrize("env_id", envs_clustered.ENV_IDS)
+def test_every_env_runs_two_iterations_with_milets_protocol(tmp_path, method, env_id):
+    run_baseline(method, tmp_path, "--env-id", env_id, *TINY[method])
+    run_dir = only_run_dir(tmp_path)
+    summary = json.load(open(os.path.join(run_dir, "summary.json")))
+    records = [json.loads(line) for line in open(os.path.join(run_dir, "eval.jsonl"))]
+    assert summary["env_id"] == env_id and summary["global_step"] == 2 * 4 * 10
+    assert {"test_return_episode_1", "test_return_episode_2", "test_clusters_true", "sps", "args"} <= set(summary)
+    assert not any("nmi" in key or "clusters_pred" in key for key in summary)  # no clusters: NMI omitted, not faked
+    assert [r["iteration"] for r in records] == [0, 1, 2]
+    assert len(records[-1]["test_clusters_true"]) == 32  # the same 32 test tasks as MILET
+    assert ("exploration_xy" in records[-1]) == (envs_clustered._kind(env_id) != "params")
+
+
+def test_baselines_and_milet_share_the_untrained_protocol(tmp_path):
+    """At iteration 0 the policies output ~0 mean actions, so all three score the same test tasks alike."""
+    returns = {}
+    for method in BASELINES:
+        run_baseline(method, tmp_path / method, *TINY[method])
+        returns[method] = json.loads(open(os.path.join(only_run_dir(tmp_path / method), "eval.jsonl")).readline())
+    subprocess.run([sys.executable, SCRIPT, "--runs-dir", str(tmp_path / "milet"), *tiny()], check=True,
+                   capture_output=True, cwd=ROOT, timeout=600)
+    returns["milet"] = json.loads(open(os.path.join(only_run_dir(tmp_path / "milet"), "eval.jsonl")).readline())
+    assert returns["milet"]["test_clusters_true"] == returns["rl2"]["test_clusters_true"] == returns["varibad"]["test_clusters_true"]
+    for method in BASELINES:
+        assert abs(returns[method]["return_episode_1"] - returns["milet"]["return_episode_1"]) < 0.05 * abs(returns["milet"]["return_episode_1"])
+
+    # plots.py puts all three in one table and one figure; the baselines' NMI is "n/a", not a number
+    runs = plots.load_runs([only_run_dir(tmp_path / name) for name in ("milet", "varibad", "rl2")])
+    table = plots.results_table(runs)
+    assert table.count("n/a (no clusters)") == 2 and "milet_ppo_continuous" in table
+    nmi_axis = plots.plot_curves(runs).axes[-1]
+    assert [line.get_label().split(" (")[0] for line in nmi_axis.get_lines()] == ["milet_ppo_continuous"]
+
+
+@pytest.mark.parametrize("method", BASELINES)
+def test_same_seed_same_numbers_on_cpu(tmp_path, method):
+    for name in ("a", "b"):
+        run_baseline(method, tmp_path / name, *TINY[method], "--env-id", "PointGoal")
+    a, b = (open(os.path.join(only_run_dir(tmp_path / name), "eval.jsonl")).read() for name in ("a", "b"))
+    assert a == b
