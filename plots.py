@@ -119,7 +119,7 @@ def plot_curves(runs: list[Run], group_by: str = "exp_name"):
     groups = group_runs(runs, group_by)
     keys = _episode_keys(runs)
     fig, axes = plt.subplots(1, len(keys) + 1, figsize=(4.5 * (len(keys) + 1), 3.6), squeeze=False)
-    for name, members in groups.items():
+    for group_index, (name, members) in enumerate(groups.items()):
         # the band needs every run at every point: keep the evaluation steps that all runs of the group share
         steps = sorted(set.intersection(*({r["global_step"] for r in run.records} for run in members)))
         if len(steps) < 2:
@@ -131,7 +131,7 @@ def plot_curves(runs: list[Run], group_by: str = "exp_name"):
         by_step = [{r["global_step"]: r for r in run.records} for run in members]
         for ax, key in zip(axes[0], keys + ["nmi_end_of_exploration"]):
             if all(key in runs_at[s] for runs_at in by_step for s in steps):  # methods without clusters log no NMI
-                _mean_band(ax, steps, [[runs_at[s][key] for s in steps] for runs_at in by_step], name)
+                _mean_band(ax, steps, [[runs_at[s][key] for s in steps] for runs_at in by_step], name, f"C{group_index % 10}")
     for k, ax in enumerate(axes[0]):
         title = "NMI at the end of the exploration episode" if k == len(keys) else (
             f"episode {k + 1} ({'exploration' if k == 0 else 'exploitation'})")
