@@ -14,7 +14,9 @@ clusTering"):
 
 Conventions: sequences are time-major (T, B, .). A "prefix" tau_:t holds the first t transitions
 (a_i, s_{i+1}, r_i), i < t, so a trial of length T has T + 1 prefixes t = 0..T; prefix 0 is the
-empty history, whose belief is the heads applied to the zero hidden state (a learned constant).
+empty history. Its cluster posterior is the prior, q(c | tau_:0) = p(c) = U(K) (our choice: the paper leaves
+it open, the authors' heads gave a learned constant, which L_I then pinned every task's belief to); its z
+posterior is the heads applied to the zero hidden state.
 Every variance is carried as a LOG-variance (``z_logvar``); the authors used a softplus variance
 head instead -- an equivalent parameterisation.
 """
@@ -141,23 +143,27 @@ class CBVI(nn.Module):
         x = self.z_body(torch.cat([h_beta, c], dim=-1))
         return self.z_mean_head(x), self.z_logvar_head(x)
 
-    def _belief(self, h_alpha, h_beta, sample):
-        logits = self.cluster_head(h_alpha)
+    def _prefix_logits(self, h_alpha):
+        """q(c | tau_:t) logits for prefixes t = 0..T from h_alpha (T+1, B, H); q(c | tau_:0) = p(c) = U(K)."""
+        logits = self.cluster_head(h_alpha[1:])
+        return torch.cat([logits.new_zeros(1, *logits.shape[1:]), logits])
+
+    def _belief(self, logits, h_beta, sample):
         c = self._cluster(logits, sample)
         return Belief(logits, logits.softmax(-1), c, *self._z_params(h_beta, c))
 
     def initial_belief(self, batch, sample=True):
-        """Zero hidden state and the belief after the empty prefix (heads on the zero state)."""
+        """Zero hidden state and the belief after the empty prefix: q(c) = U(K), z from the heads on the zero state."""
         p = next(self.parameters())
         hidden = torch.zeros(batch, self.hidden_dim, device=p.device, dtype=p.dtype)
-        h_a, h_b = self._split(hidden)
-        return hidden, self._belief(h_a[0], h_b[0], sample)
+        logits = hidden.new_zeros(batch, self.num_clusters)  # the empty prefix: q(c | tau_:0) = p(c) = U(K)
+        return hidden, self._belief(logits, self._split(hidden)[1][0], sample)
 
     def step(self, prev_action, obs, reward, hidden, sample=True):
         """One online step on (a_t, s_{t+1}, r_t); the same GRU modules on a length-1 sequence."""
         emb = self._embed(prev_action, obs, reward).unsqueeze(0)
         h_alpha, h_beta, hidden = self._run_grus(emb, hidden)
-        return hidden, self._belief(h_alpha[0], h_beta[0], sample)
+        return hidden, self._belief(self.cluster_head(h_alpha[0]), h_beta[0], sample)
 
     def _all_prefix_states(self, actions, next_obs, rewards):
         """h_alpha, h_beta for prefixes t = 0..T, each (T+1, B, H); index 0 = zero state."""
@@ -169,7 +175,8 @@ class CBVI(nn.Module):
 
     def encode(self, actions, next_obs, rewards, sample=True):
         """Offline pass over (T, B, .) sequences -> Belief with leading dim T + 1."""
-        return self._belief(*self._all_prefix_states(actions, next_obs, rewards), sample)
+        h_alpha, h_beta = self._all_prefix_states(actions, next_obs, rewards)
+        return self._belief(self._prefix_logits(h_alpha), h_beta, sample)
 
     # ----------------------------------------------------------------------------- priors
     def prior(self, cluster):
@@ -191,7 +198,7 @@ class CBVI(nn.Module):
             rewards = rewards.unsqueeze(-1)                       # (T, B, 1)
         T = actions.shape[0]
         h_alpha, h_beta = self._all_prefix_states(actions, next_obs, rewards)
-        logits = self.cluster_head(h_alpha)                       # (T+1, B, K)
+        logits = self._prefix_logits(h_alpha)                     # (T+1, B, K), uniform at t = 0
 
         # Eq. 6: L_I = 1/T sum_t KL(q(c|tau_:t) || q(c|tau_:t+1)), consecutive steps, all prefixes.
         consistency = kl_divergence(Categorical(logits=logits[:-1]),
@@ -239,8 +246,8 @@ class CBVI(nn.Module):
 def exploration_rewards(cluster_probs):
     """cluster_probs (T+1, B, K) = q(c | tau_:t), t = 0..T -> (r_h, r_c), each (T, B).
 
-    The first term is the real q(c | tau_:0) (the initial belief); the authors' code used a uniform
-    distribution as a stand-in for it.
+    The first term is q(c | tau_:0) = p(c) = U(K) (CBVI.initial_belief), the same uniform the authors'
+    code put there as a stand-in.
     """
     q = Categorical(probs=cluster_probs)
     entropy = q.entropy()                                         # (T+1, B)

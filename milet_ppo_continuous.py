@@ -188,10 +188,11 @@ RAND_PARAMS = dict(ANT, total_timesteps=10_000_000, encoder_hidden_size=64, enco
                    exploit_ent_coef=1e-3, explore_ent_coef=1e-2)
 ENV_DEFAULTS = {
     # Not in the paper. Deviation so that the default run learns in 10 minutes on 2 CPU cores: 4 CBVI updates per
-    # iteration on 10 prefixes each, KL weight 0.1, larger PPO steps (lr 1e-3, clip 0.2, 4 epochs x 4 minibatches).
+    # iteration on 10 prefixes each, larger PPO steps (lr 1e-3, clip 0.2, 4 epochs x 4 minibatches), and KL weight 1
+    # (with 0.1, 2 of 5 seeds put every test task in one cluster: the mixture prior was worth too little to use c).
     "PointGoal": dict(ANT, total_timesteps=2_000_000, exploit_lr=1e-3, explore_lr=1e-3, explore_ent_coef=1e-2,
                       clip_coef=0.2, update_epochs=4, num_minibatches=4, vae_updates=4, vae_num_prefixes=10,
-                      kl_weight=0.1),
+                      kl_weight=1.0),
     "AntGoal": ANT, "AntGoalPartial": ANT, "AntU": ANT, "HumanoidDir": HUMANOID, "HumanoidDirSparse": HUMANOID,
     "HopperRandParams": dict(RAND_PARAMS, exploit_lr=5e-4, explore_lr=1e-4, kl_weight=1e-4, cat_weight=1e-4),
     "WalkerRandParams": dict(RAND_PARAMS, exploit_lr=3e-4, explore_lr=3e-4, kl_weight=1e-3, cat_weight=1e-3),

@@ -96,17 +96,24 @@ def test_exploration_rewards_telescoping_and_sign():
     assert r_c1[:9].abs().max() < 1e-6 and (r_c1[9:] < 0).all()
 
 
-def test_consistency_zero_for_constant_posterior():
+def test_consistency_for_constant_posterior():
     torch.manual_seed(4)
     m = CBVI(S, A)
-    obs, act, rew, nxt = trial(10, 3)
-    with torch.no_grad():  # constant cluster head: q(c|tau_:t) identical for every t
+    T = 10
+    obs, act, rew, nxt = trial(T, 3)
+    q = torch.tensor([0.5, -1.0, 2.0, 0.0])
+    with torch.no_grad():  # constant cluster head: q(c|tau_:t) = q for t >= 1, U(K) for the empty prefix
         last = m.cluster_head[-1]
         last.weight.zero_()
-        last.bias.copy_(torch.tensor([0.5, -1.0, 2.0, 0.0]))
+        last.bias.copy_(q)
     out = m.loss(obs, act, rew, nxt)
-    assert out["consistency_l_i"].abs().item() < 1e-7
-    assert out["kl_c"].item() > 0.1                                    # but not uniform
+    # Eq. 6 over t = 0..T-1: only the first pair differs, KL(U(K) || q) = sum_k 1/K log((1/K) / q_k)
+    uniform = torch.full((4,), 0.25)
+    expected = (uniform * (uniform.log() - q.log_softmax(-1))).sum() / T
+    torch.testing.assert_close(out["consistency_l_i"], expected)
+    assert out["kl_c"].item() > 0.1                                    # q is not uniform
+    _, belief = m.initial_belief(3)
+    torch.testing.assert_close(belief.cluster_probs, uniform.expand(3, 4))
 
 
 def test_prior_consistency_and_target_refresh():
