@@ -9,16 +9,19 @@ evaluated by this one function, so the protocol is the same for all three (Sec. 
     exploration episode (Fig. 3c). A method without clusters returns no cluster probabilities: NMI is omitted.
 
 Each method supplies two callables: `act(obs, step) -> action` and `observe(action, next_state, reward, step)
--> cluster_probs or None`, which update its own recurrent state. `write_atomic` writes eval.jsonl, summary.json
-and args.json so that an interrupted run never leaves half a file.
+-> cluster_probs or None`, which update its own recurrent state. `start_run` makes the run folder, args.json and the
+tensorboard writer; `write_atomic` writes eval.jsonl, summary.json and args.json so that an interrupted run never
+leaves half a file.
 """
 import json
 import os
+import time
 from typing import Callable, Optional
 
 import numpy as np
 import torch
 from sklearn.metrics import normalized_mutual_info_score
+from torch.utils.tensorboard import SummaryWriter
 
 SUMMARY_KEYS = ("nmi_end_of_exploration", "nmi_per_step", "test_clusters_true", "test_clusters_pred")
 
@@ -62,6 +65,21 @@ def summary(args, global_step: int, sps: int, record: dict) -> dict:
     return {"env_id": args.env_id, "seed": args.seed, "global_step": global_step, "sps": sps,
             **{f"test_{k}": v for k, v in record.items() if k.startswith("return_episode_")},
             **{k: record[k] for k in SUMMARY_KEYS if k in record}, "args": vars(args)}
+
+
+def start_run(args):
+    """Create runs/<env_id>__<exp_name>__<seed>__<time>/ with args.json and a tensorboard writer (wandb with --track)."""
+    run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    run_dir = os.path.join(args.runs_dir, run_name)
+    if args.track:
+        import wandb
+
+        wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True,
+                   config=vars(args), name=run_name, save_code=True)
+    writer = SummaryWriter(run_dir)
+    write_atomic(os.path.join(run_dir, "args.json"), json.dumps(vars(args), indent=1))
+    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n%s" % "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
+    return run_dir, writer
 
 
 def write_atomic(path: str, text: str) -> None:

@@ -27,7 +27,6 @@ import torch.optim as optim
 import tyro
 from gymnasium.wrappers.utils import RunningMeanStd
 from torch.distributions.normal import Normal
-from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 import envs_clustered
@@ -213,16 +212,7 @@ if __name__ == "__main__":
         sys.exit(f"rl2_ppo_continuous.py: error: {error}")
     args.trial_length = (1 + args.num_exploit_episodes) * args.episode_length
     args.num_iterations = args.total_timesteps // (args.num_envs * args.trial_length)
-    run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
-    run_dir = os.path.join(args.runs_dir, run_name)
-    if args.track:
-        import wandb
-
-        wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True,
-                   config=vars(args), name=run_name, save_code=True)
-    writer = SummaryWriter(run_dir)
-    meta_test.write_atomic(os.path.join(run_dir, "args.json"), json.dumps(vars(args), indent=1))
-    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n%s" % "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
+    run_dir, writer = meta_test.start_run(args)  # runs/<env_id>__<exp_name>__<seed>__<time>/, args.json
 
     # TRY NOT TO MODIFY: seeding
     random.seed(args.seed)
