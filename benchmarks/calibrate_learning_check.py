@@ -3,7 +3,7 @@ its two figures per seed, with the lowest of each (the thresholds must sit below
 
     python benchmarks/calibrate_learning_check.py --seeds 1 2 3 4 5 --jobs 2
 
-Runs go to benchmarks/calibration_runs/ (git-ignored). Each run takes a few minutes on 2 CPU cores.
+Runs go to benchmarks/calibration_runs/ (git-ignored). Each run takes about 10 minutes on one CPU core.
 """
 import argparse
 import json
