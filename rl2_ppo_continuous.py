@@ -6,7 +6,8 @@ itself must learn to explore in episode 1 and exploit what it found later. PPO t
 (each minibatch is a set of trials, re-run from the zero hidden state) to maximise the whole trial's return.
 
 It shares MILET's environments (envs_clustered.py), its meta-test protocol (meta_test.py) and its PPO pieces
-(gae, layer_init and the Huber clipped value loss of milet_ppo_continuous.py), so that only the method differs.
+(gae, layer_init and the actor/critic MLPs of milet_ppo_continuous.py; the same Huber clipped value loss, written
+out here for sequence minibatches), so that only the method differs.
 
     python rl2_ppo_continuous.py                        # PointGoal
     python rl2_ppo_continuous.py --env-id AntGoal
@@ -114,7 +115,7 @@ class Args:
     """the number of iterations (computed in runtime)"""
 
 
-# Unset flags: PointGoal takes PPO steps as large as MILET's quick preset; other envs the RL2 settings of VariBAD's
+# Unset flags: PointGoal takes the epochs, minibatches and clip of MILET's quick preset; other envs the RL2 settings of VariBAD's
 # AntGoal config (REFERENCE.md). Every env keeps MILET's frame budget, so that all methods get the same frames.
 POINTGOAL = dict(num_minibatches=4, update_epochs=4, clip_coef=0.2, ent_coef=1e-3)
 RL2 = dict(num_minibatches=1, update_epochs=2, clip_coef=0.05, ent_coef=0.01)
@@ -228,7 +229,7 @@ if __name__ == "__main__":
     obs_dim, action_dim = envs.single_observation_space.shape[0], envs.single_action_space.shape[0]
     task_rng = np.random.default_rng(args.seed)
     agent = RL2Agent(obs_dim, action_dim, args).to(device)
-    optimizer = optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)
+    optimizer = optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)  # CleanRL's eps (MILET's policies: 1e-8)
     obs_rms, return_rms = RunningMeanStd(shape=(obs_dim,)), RunningMeanStd(shape=())
 
     # ALGO Logic: Storage setup for one trial per environment
@@ -263,7 +264,8 @@ if __name__ == "__main__":
                         rewards[step] = torch.as_tensor(reward, dtype=torch.float32, device=device)
                         prev_action, prev_reward = action[0], rewards[step]
 
-                # ALGO LOGIC: the objective is the whole trial's return; rewards scaled by a running return std, as MILET
+                # ALGO LOGIC: the objective is the whole trial's return; rewards scaled by a running std of the discounted
+                # return, which for RL2 runs across the episodes of the trial (MILET and VariBAD restart it per episode)
                 discounted = torch.zeros_like(rewards)
                 for t in range(T):
                     discounted[t] = rewards[t] + args.gamma * (discounted[t - 1] if t else 0.0)

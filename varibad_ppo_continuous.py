@@ -74,7 +74,7 @@ class Args:
     async_envs: bool = False
     """if toggled, step MuJoCo environments in worker processes (gymnasium AsyncVectorEnv)"""
 
-    # The VAE (VariBAD's MuJoCo settings unless noted)
+    # The VAE (sizes as VariBAD's AntGoal config; buffer, batch and prefixes as MILET's)
     latent_dim: int = 10
     """dimension of the task latent m"""
     encoder_hidden_size: int = 128
@@ -88,7 +88,7 @@ class Args:
     lambda_s: Optional[float] = None
     """weight of the state reconstruction (None: 1 for the rand-params envs, else 0, as MILET)"""
     kl_weight: float = 0.1
-    """weight of the KL terms (VariBAD's AntGoal config, and MILET's PointGoal preset)"""
+    """weight of the KL terms (VariBAD's AntGoal config; MILET's PointGoal preset uses 1 for its cluster prior)"""
     vae_lr: float = 1e-3
     """learning rate of the VAE Adam optimizer"""
     vae_buffer_size: int = 10_000
@@ -102,7 +102,7 @@ class Args:
 
     # PPO
     learning_rate: float = 1e-3
-    """policy learning rate (MILET's PointGoal preset and VariBAD's AntGoal config)"""
+    """policy learning rate (VariBAD's AntGoal config as REFERENCE.md gives it, and MILET's PointGoal preset)"""
     anneal_lr: bool = True
     """toggle learning rate annealing"""
     policy_layers: tuple[int, ...] = (128, 128)

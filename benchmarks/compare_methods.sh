@@ -53,20 +53,26 @@ run_one() {
     touch "$done_mark"; echo "done: $env_id $name seed $seed"
   else
     echo "FAILED: $env_id $name seed $seed (see $OUT/logs/${env_id}__${name}__${seed}.log)" >&2
+    return 1
   fi
 }
 export -f run_one
 export OUT FRAMES
 start=$(date +%s)
-printf '%s\n' "${jobs[@]}" | xargs -P "$WORKERS" -I{} bash -c 'run_one "$@"' _ {}
+failed=0
+printf '%s\n' "${jobs[@]}" | xargs -P "$WORKERS" -I{} bash -c 'run_one "$@"' _ {} || failed=1  # xargs: 123 if any failed
 echo "compare_methods.sh: all runs took $(( ($(date +%s) - start) / 60 )) minutes"
 
 # Results: one table for every env, and per env the curves of all variants and the NMI of the clustered ones
-python plots.py table $(find "$OUT/runs" -name summary.json -printf '%h\n' | sort) --out "$OUT/table.md" > /dev/null
+finished=$(find "$OUT/runs" -name summary.json -printf '%h\n' | sort)
+[ -z "$finished" ] && { echo "compare_methods.sh: error: no run finished; see $OUT/logs" >&2; exit 1; }
+# shellcheck disable=SC2086
+python plots.py table $finished --out "$OUT/table.md" > /dev/null
 for env_id in $ENV_IDS; do
-  runs=$(find "$OUT/runs/$env_id" -name summary.json -printf '%h\n' | sort)
+  runs=$(printf '%s\n' $finished | grep "^$OUT/runs/$env_id/" || true)
   [ -z "$runs" ] && continue
   python plots.py curves $runs --out "$OUT/${env_id}_curves.png"
   python plots.py nmi $runs --out "$OUT/${env_id}_nmi.png"
 done
 cat "$OUT/table.md"
+[ "$failed" = 0 ] || { echo "compare_methods.sh: some runs FAILED (above); the table leaves them out" >&2; exit 1; }

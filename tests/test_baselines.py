@@ -5,10 +5,14 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+import torch
+from gymnasium.wrappers.utils import RunningMeanStd
 
 import envs_clustered
 import plots
+import rl2_ppo_continuous as rl2
 from test_milet import ROOT, SCRIPT, only_run_dir, tiny
 
 BASELINES = {"varibad": os.path.join(ROOT, "varibad_ppo_continuous.py"), "rl2": os.path.join(ROOT, "rl2_ppo_continuous.py")}
@@ -85,3 +89,25 @@ def test_same_seed_same_numbers_on_cpu(tmp_path, method):
         run_baseline(method, tmp_path / name, *TINY[method], "--env-id", "PointGoal")
     a, b = (open(os.path.join(only_run_dir(tmp_path / name), "eval.jsonl")).read() for name in ("a", "b"))
     assert a == b
+
+
+def test_rl2_sequence_rerun_reproduces_the_rollout():
+    """PPO re-runs whole trials from h = 0 on the stored inputs; at the old parameters that must give the rollout's
+    log-probabilities and values step for step (a ratio of exactly 1 on the first minibatch)."""
+    torch.manual_seed(0)
+    args = rl2.Args(episode_length=4)
+    agent = rl2.RL2Agent(obs_dim=2, action_dim=2, args=args)
+    obs_rms, rng = RunningMeanStd(shape=(2,)), np.random.default_rng(0)
+    hidden, prev_action, prev_reward = torch.zeros(3, args.gru_hidden_size), torch.zeros(3, 2), torch.zeros(3)
+    inputs, actions, logprobs, values = [], [], [], []
+    with torch.no_grad():
+        for step in range(8):  # two episodes of 4 steps, 3 trials
+            x = rl2.rl2_input(rng.normal(size=(3, 2)), prev_action, prev_reward, step, obs_rms, args, "cpu")
+            action, logprob, _, value, hidden = agent(x.unsqueeze(0), hidden)
+            inputs.append(x), actions.append(action[0]), logprobs.append(logprob[0]), values.append(value[0])
+            prev_action, prev_reward = action[0], torch.as_tensor(rng.normal(size=3), dtype=torch.float32)
+        assert [x[0, -1].item() for x in inputs] == [1, 0, 0, 0, 1, 0, 0, 0]  # episode-start flag
+        _, new_logprob, _, new_value, _ = agent(torch.stack(inputs), torch.zeros(3, args.gru_hidden_size), torch.stack(actions))
+    torch.testing.assert_close(new_logprob, torch.stack(logprobs))
+    torch.testing.assert_close(new_value, torch.stack(values))
+

@@ -4,8 +4,10 @@ the test tasks and to exploit.
 It averages the evaluations in the last 20% of training (iterations 500, 525, ..., 625 with --eval-every 25),
 because one deterministic evaluation on 32 test tasks is noisy, and asserts:
   * the NMI at the end of the exploration episode is clearly above chance: its late average exceeds NMI_THRESHOLD,
-    which is above the 99.9th percentile of the same average of six evaluations for random assignments of the
-    32 test tasks to the K = 4 clusters (`chance_nmi_quantile`; a constant assignment scores 0);
+    which is above the 99.5th percentile of the NMI of ONE random assignment of the 32 test tasks to the K = 4
+    clusters (`chance_nmi_quantile`; a constant assignment scores 0). One, not an average of six: the six late
+    evaluations of a run are correlated, and a model stuck on one partition unrelated to the truth would score
+    about the same six times;
   * the episode-2 (exploitation) test return beats the untrained policy's (the iteration-0 evaluation, -258.9: mean
     actions near 0 keep the point at the start, a strong baseline, since moving towards the wrong goal costs more
     than standing still) by more than EPISODE_2_GAIN_THRESHOLD.
@@ -30,7 +32,7 @@ CALIBRATION = {  # seed: (late-average episode-2 gain, late-average NMI at the e
     1: (174.6, 0.550), 2: (90.0, 0.411), 3: (148.2, 0.350), 4: (172.5, 0.420), 5: (148.4, 0.431),
 }
 EPISODE_2_GAIN_THRESHOLD = 30.0
-NMI_THRESHOLD = 0.23
+NMI_THRESHOLD = 0.30
 
 
 def learning_figures(run_dir: str, fraction: float = 0.8) -> dict:
@@ -44,19 +46,18 @@ def learning_figures(run_dir: str, fraction: float = 0.8) -> dict:
             "final_return_episode_2": records[-1]["return_episode_2"]}
 
 
-def chance_nmi_quantile(num_evaluations: int, quantile: float = 0.999, num_clusters: int = 4, draws: int = 20_000) -> float:
-    """Quantile of the mean NMI of `num_evaluations` independent uniformly random assignments of the 32 test tasks."""
+def chance_nmi_quantile(quantile: float = 0.995, num_clusters: int = 4, draws: int = 20_000) -> float:
+    """Quantile of the NMI of a uniformly random assignment of the 32 test tasks to `num_clusters` clusters."""
     rng = np.random.default_rng(0)
     true = np.arange(32) % 4  # 8 test tasks per true cluster, as make_task_split
-    scores = np.array([normalized_mutual_info_score(true, rng.integers(num_clusters, size=32)) for _ in range(draws)])
-    means = scores[: draws // num_evaluations * num_evaluations].reshape(-1, num_evaluations).mean(1)
-    return float(np.quantile(means, quantile))
+    scores = [normalized_mutual_info_score(true, rng.integers(num_clusters, size=32)) for _ in range(draws)]
+    return float(np.quantile(scores, quantile))
 
 
 def test_thresholds_sit_above_chance_and_below_every_calibrated_seed():
-    assert NMI_THRESHOLD > chance_nmi_quantile(num_evaluations=6)
+    assert NMI_THRESHOLD > chance_nmi_quantile()  # 0.298
     gains, nmis = zip(*CALIBRATION.values())
-    assert min(gains) > 2 * EPISODE_2_GAIN_THRESHOLD and min(nmis) > NMI_THRESHOLD + 0.05
+    assert min(gains) > 2 * EPISODE_2_GAIN_THRESHOLD and min(nmis) >= NMI_THRESHOLD + 0.05
 
 
 def test_default_pointgoal_run_learns_to_cluster_and_exploit(tmp_path):
