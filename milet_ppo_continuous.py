@@ -207,13 +207,16 @@ def check_args(args: Args) -> None:
             setattr(args, name, value)
     if args.num_clusters < 1:
         raise ValueError(f"--num-clusters must be >= 1, got {args.num_clusters}")
-    for flag in ("num_minibatches", "update_epochs", "vae_updates", "vae_batch_size", "eval_every", "target_prior_every"):
+    check_trial_args(args, ("vae_updates", "vae_batch_size", "target_prior_every"))
+
+
+def check_trial_args(args, more_positive_flags: tuple[str, ...] = ()) -> None:
+    """The checks every script of the shared protocol makes (MILET, VariBAD, RL2), after its defaults are filled."""
+    for flag in ("num_minibatches", "update_epochs", "eval_every", "episode_length", "num_exploit_episodes", *more_positive_flags):
         if getattr(args, flag) < 1:
             raise ValueError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
     if args.async_envs and args.env_id == "PointGoal":
         raise ValueError("--async-envs is for the MuJoCo envs; PointGoal is already one batched numpy env")
-    if args.episode_length < 1 or args.num_exploit_episodes < 1:
-        raise ValueError("--episode-length and --num-exploit-episodes must be >= 1")
     if args.num_envs < 1 or args.num_envs % args.num_minibatches:
         raise ValueError(f"--num-envs ({args.num_envs}) must be a positive multiple of --num-minibatches ({args.num_minibatches})")
     one_iteration = args.num_envs * (1 + args.num_exploit_episodes) * args.episode_length

@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 import envs_clustered
 import meta_test
-from milet_ppo_continuous import ENV_DEFAULTS, check_finite, gae, layer_init, make_env, mlp
+from milet_ppo_continuous import ENV_DEFAULTS, check_finite, check_trial_args, gae, layer_init, make_env, mlp
 
 
 @dataclass
@@ -129,16 +129,7 @@ def check_args(args: Args) -> None:
     for name, value in dict(defaults, total_timesteps=ENV_DEFAULTS[args.env_id]["total_timesteps"]).items():
         if getattr(args, name) is None:
             setattr(args, name, value)
-    for flag in ("num_minibatches", "update_epochs", "eval_every", "episode_length", "num_exploit_episodes"):
-        if getattr(args, flag) < 1:
-            raise ValueError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
-    if args.async_envs and args.env_id == "PointGoal":
-        raise ValueError("--async-envs is for the MuJoCo envs; PointGoal is already one batched numpy env")
-    if args.num_envs < 1 or args.num_envs % args.num_minibatches:
-        raise ValueError(f"--num-envs ({args.num_envs}) must be a positive multiple of --num-minibatches ({args.num_minibatches})")
-    one_iteration = args.num_envs * (1 + args.num_exploit_episodes) * args.episode_length
-    if args.total_timesteps < one_iteration:
-        raise ValueError(f"--total-timesteps ({args.total_timesteps}) is below one iteration ({one_iteration} frames)")
+    check_trial_args(args)
 
 
 class RL2Agent(nn.Module):

@@ -32,7 +32,7 @@ from tqdm import tqdm
 import envs_clustered
 import meta_test
 from cbvi import SplitDecoder, TrialBuffer, gaussian, mlp
-from milet_ppo_continuous import ENV_DEFAULTS, Agent, check_finite, gae, make_env, ppo_update
+from milet_ppo_continuous import ENV_DEFAULTS, Agent, check_finite, check_trial_args, gae, make_env, ppo_update
 
 
 @dataclass
@@ -150,17 +150,7 @@ def check_args(args: Args) -> None:
     for name, value in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, value)
-    for flag in ("num_minibatches", "update_epochs", "vae_updates", "vae_batch_size", "eval_every", "episode_length",
-                 "num_exploit_episodes"):
-        if getattr(args, flag) < 1:
-            raise ValueError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
-    if args.async_envs and args.env_id == "PointGoal":
-        raise ValueError("--async-envs is for the MuJoCo envs; PointGoal is already one batched numpy env")
-    if args.num_envs < 1 or args.num_envs % args.num_minibatches:
-        raise ValueError(f"--num-envs ({args.num_envs}) must be a positive multiple of --num-minibatches ({args.num_minibatches})")
-    one_iteration = args.num_envs * (1 + args.num_exploit_episodes) * args.episode_length
-    if args.total_timesteps < one_iteration:
-        raise ValueError(f"--total-timesteps ({args.total_timesteps}) is below one iteration ({one_iteration} frames)")
+    check_trial_args(args, ("vae_updates", "vae_batch_size"))
 
 
 class VariBADVAE(nn.Module):
