@@ -29,6 +29,7 @@ import numpy as np  # noqa: E402
 import tyro  # noqa: E402
 
 import envs_clustered  # noqa: E402
+import meta_test  # noqa: E402
 from cbvi import gamma_c, gamma_h  # noqa: E402
 
 # the Eq. 12 schedule parameters default to cbvi.py's values, which the training script's Args also use
@@ -321,9 +322,7 @@ def main(command) -> Optional[str]:
     if isinstance(command, Table):
         text = results_table(load_runs(command.runs), command.group_by)
         if command.out:
-            with open(command.out + ".tmp", "w") as f:
-                f.write(text + "\n")
-            os.replace(command.out + ".tmp", command.out)
+            meta_test.write_atomic(command.out, text + "\n")
         return text
     suffix = os.path.splitext(command.out)[1]
     if suffix not in (".png", ".svg", ".pdf"):
