@@ -1,9 +1,10 @@
-"""Calibrate the learning check of tests/test_learning.py: run its exact command for several seeds and print
-its two figures per seed, with the lowest of each (the thresholds must sit below these, with a margin).
+"""Calibrate the learning checks of tests/test_learning.py: run one method's exact command for several seeds and
+print its figures per seed, with the lowest of each (the thresholds must sit below these, with a margin).
 
-    python benchmarks/calibrate_learning_check.py --seeds 1 2 3 4 5 --jobs 2
+    python benchmarks/calibrate_learning_check.py --method milet --seeds 1 2 3 4 5 --jobs 2
 
-Runs go to benchmarks/calibration_runs/ (git-ignored). Each run takes about 10 minutes on one CPU core.
+--method is milet, varibad or rl2. Runs go to benchmarks/calibration_runs/<method>/ (git-ignored). Each run takes
+8-11 minutes on one CPU core.
 """
 import argparse
 import json
@@ -14,27 +15,30 @@ from concurrent.futures import ThreadPoolExecutor
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
-from test_learning import LEARNING_FLAGS, learning_figures  # noqa: E402
+from test_learning import LEARNING_FLAGS, SCRIPTS, learning_figures  # noqa: E402
 
 
-def run_seed(seed: int, runs_dir: str) -> dict:
+def run_seed(script: str, seed: int, runs_dir: str) -> dict:
     seed_dir = os.path.join(runs_dir, f"seed{seed}")
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    subprocess.run([sys.executable, os.path.join(ROOT, "milet_ppo_continuous.py"), "--runs-dir", seed_dir,
-                    "--seed", str(seed), *LEARNING_FLAGS], check=True, capture_output=True, cwd=ROOT, env=env)
+    subprocess.run([sys.executable, script, "--runs-dir", seed_dir, "--seed", str(seed), *LEARNING_FLAGS],
+                   check=True, capture_output=True, cwd=ROOT, env=env)
     newest = max((os.path.join(seed_dir, name) for name in os.listdir(seed_dir)), key=os.path.getmtime)  # this run
     return {"seed": seed, **learning_figures(newest)}
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--method", choices=sorted(SCRIPTS), default="milet")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4, 5])
     parser.add_argument("--jobs", type=int, default=2, help="runs in parallel (one CPU thread each)")
-    parser.add_argument("--runs-dir", default=os.path.join(ROOT, "benchmarks", "calibration_runs"))
+    parser.add_argument("--runs-dir", default=os.path.join(ROOT, "benchmarks", "calibration_runs"),
+                        help="runs go to RUNS_DIR/<method>/seed<S>/")
     cli = parser.parse_args()
     with ThreadPoolExecutor(cli.jobs) as pool:
-        rows = list(pool.map(lambda seed: run_seed(seed, cli.runs_dir), cli.seeds))
-    print(f"command: milet_ppo_continuous.py {' '.join(LEARNING_FLAGS)} --seed S")
+        rows = list(pool.map(lambda seed: run_seed(SCRIPTS[cli.method], seed, os.path.join(cli.runs_dir, cli.method)),
+                             cli.seeds))
+    print(f"command: {os.path.basename(SCRIPTS[cli.method])} {' '.join(LEARNING_FLAGS)} --seed S")
     print("| seed | " + " | ".join(k for k in rows[0] if k != "seed") + " |")
     for row in rows:
         print(f"| {row['seed']} | " + " | ".join(f"{v:.3f}" for k, v in row.items() if k != "seed") + " |")
