@@ -73,8 +73,9 @@ def test_thresholds_sit_above_chance_and_below_every_calibrated_seed():
 @pytest.mark.parametrize("method", SCRIPTS)
 def test_default_pointgoal_run_learns(tmp_path, method):
     env = dict(os.environ, OMP_NUM_THREADS="1")  # one thread, as in the calibration, for identical numbers
-    subprocess.run([sys.executable, SCRIPTS[method], "--runs-dir", str(tmp_path), "--seed", "1", *LEARNING_FLAGS],
-                   check=True, capture_output=True, cwd=ROOT, env=env, timeout=3000)
+    result = subprocess.run([sys.executable, SCRIPTS[method], "--runs-dir", str(tmp_path), "--seed", "1", *LEARNING_FLAGS],
+                            capture_output=True, text=True, cwd=ROOT, env=env, timeout=3000)
+    assert result.returncode == 0, result.stderr[-3000:]
     figures = learning_figures(only_run_dir(tmp_path))
     assert figures["late_evaluations"] == 6
     assert figures["late_episode_2_gain"] > EPISODE_2_GAIN_THRESHOLD[method], \
