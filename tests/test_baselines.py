@@ -110,4 +110,3 @@ def test_rl2_sequence_rerun_reproduces_the_rollout():
         _, new_logprob, _, new_value, _ = agent(torch.stack(inputs), torch.zeros(3, args.gru_hidden_size), torch.stack(actions))
     torch.testing.assert_close(new_logprob, torch.stack(logprobs))
     torch.testing.assert_close(new_value, torch.stack(values))
-
