@@ -200,9 +200,10 @@ class CBVI(nn.Module):
         h_alpha, h_beta = self._all_prefix_states(actions, next_obs, rewards)
         logits = self._prefix_logits(h_alpha)                     # (T+1, B, K), uniform at t = 0
 
-        # Eq. 6: L_I = 1/T sum_t KL(q(c|tau_:t) || q(c|tau_:t+1)), consecutive steps, all prefixes.
-        consistency = kl_divergence(Categorical(logits=logits[:-1]),
-                                    Categorical(logits=logits[1:])).mean()
+        # Eq. 6: L_I = mean_t KL(q(c|tau_:t) || q(c|tau_:t+1)) over consecutive INFERRED posteriors, t = 1..T-1.
+        # Deviation: the pair (p(c), q(c|tau_:1)) is left out; it would pull every task's first belief to U(K).
+        consistency = (kl_divergence(Categorical(logits=logits[1:-1]), Categorical(logits=logits[2:])).mean()
+                       if T > 1 else logits.new_zeros(()))
 
         # Prefixes used for the ELBO (Eq. 4): all T + 1, or a random subset (torch's global RNG).
         if self.num_prefixes is not None and self.num_prefixes < T + 1:
@@ -212,18 +213,21 @@ class CBVI(nn.Module):
         q_z = gaussian(*self._z_params(h_beta, c))
         z = q_z.rsample().unsqueeze(1)                            # (P, 1, B, L) reparameterised
 
-        # Eq. 5: every prefix's z reconstructs the WHOLE trial; sum over steps, mean over P and B.
+        # Eq. 5: every prefix's z reconstructs the WHOLE trial. Reduced as the authors' configs
+        # (vae_avg_reconstruction_terms): MEAN over decoded steps, prefixes and trials, and over the
+        # state's dimensions, so the KL weights below mean what they meant in those configs.
         e_s, e_a, e_s1 = (self.dec_embed_state(obs), self.dec_embed_action(actions),
                           self.dec_embed_state(next_obs))
         r_hat = self.reward_decoder(z, torch.cat([e_s, e_a, e_s1], dim=-1))   # (P, T, B, 1)
-        reward_rec = (r_hat - rewards).pow(2).sum(dim=(1, 3)).mean()
+        reward_rec = (r_hat - rewards).pow(2).mean()
         if self.state_decoder is not None:
             s_hat = self.state_decoder(z, torch.cat([e_s, e_a], dim=-1))       # (P, T, B, S)
-            state_rec = (s_hat - next_obs).pow(2).sum(dim=(1, 3)).mean()
+            state_rec = (s_hat - next_obs).pow(2).mean()
         else:
             state_rec = reward_rec.new_zeros(())
 
-        # Eq. 4: KL(q(z|c,tau_:t) || p_omega(z|c)) under the sampled c; KL(q(c|tau_:t) || U(K)).
+        # Eq. 4: KL(q(z|c,tau_:t) || p_omega(z|c)) under the sampled c (summed over z's dimensions);
+        # KL(q(c|tau_:t) || U(K)). Both are averaged over prefixes and trials.
         kl_z = kl_divergence(q_z, self.prior(c)).mean()
         uniform = Categorical(logits=torch.zeros_like(logits))
         kl_c = kl_divergence(Categorical(logits=logits), uniform).mean()

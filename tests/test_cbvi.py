@@ -107,13 +107,64 @@ def test_consistency_for_constant_posterior():
         last.weight.zero_()
         last.bias.copy_(q)
     out = m.loss(obs, act, rew, nxt)
-    # Eq. 6 over t = 0..T-1: only the first pair differs, KL(U(K) || q) = sum_k 1/K log((1/K) / q_k)
-    uniform = torch.full((4,), 0.25)
-    expected = (uniform * (uniform.log() - q.log_softmax(-1))).sum() / T
-    torch.testing.assert_close(out["consistency_l_i"], expected)
+    # Eq. 6 over the inferred posteriors t = 1..T: all equal q, so L_I = 0; the pair (U(K), q_1) is left out
+    assert out["consistency_l_i"].abs().item() < 1e-6
     assert out["kl_c"].item() > 0.1                                    # q is not uniform
     _, belief = m.initial_belief(3)
-    torch.testing.assert_close(belief.cluster_probs, uniform.expand(3, 4))
+    torch.testing.assert_close(belief.cluster_probs, torch.full((3, 4), 0.25))
+
+
+def test_consistency_is_the_mean_kl_between_consecutive_inferred_posteriors():
+    torch.manual_seed(14)
+    m = CBVI(S, A)
+    obs, act, rew, nxt = trial(9, 4)
+    logits = m.encode(act, nxt, rew).cluster_logits  # (T+1, B, K); prefix 0 is U(K)
+    expected = torch.stack([kl_divergence(Categorical(logits=logits[t]), Categorical(logits=logits[t + 1]))
+                            for t in range(1, 9)]).mean()
+    torch.testing.assert_close(m.loss(obs, act, rew, nxt)["consistency_l_i"], expected)
+
+
+def constant_decoders(m):
+    """Make the reward and state decoders predict 0 everywhere (zero last layer)."""
+    with torch.no_grad():
+        for decoder in (m.reward_decoder, m.state_decoder):
+            decoder.rest[-1].weight.zero_()
+            decoder.rest[-1].bias.zero_()
+
+
+@pytest.mark.parametrize("T", [1, 7, 200])
+@pytest.mark.parametrize("num_prefixes", [None, 3])
+def test_reconstruction_is_averaged_over_steps_prefixes_trials_and_state_dims(T, num_prefixes):
+    """The authors' reduction (vae_avg_reconstruction_terms): a decoder predicting 0 against rewards of 1 costs
+    exactly 1, and against next states of 2 costs exactly 4, whatever T, the prefixes, B or the state size."""
+    for obs_dim in (2, 9):
+        torch.manual_seed(T)
+        m = CBVI(obs_dim, A, lambda_s=1.0, num_prefixes=num_prefixes)
+        constant_decoders(m)
+        obs, act, _, _ = trial(T, 5, S=obs_dim)
+        out = m.loss(obs, act, torch.ones(T, 5), torch.full((T, 5, obs_dim), 2.0))
+        assert out["reward_reconstruction"].item() == pytest.approx(1.0)
+        assert out["state_reconstruction"].item() == pytest.approx(4.0)
+
+
+def test_kl_terms_do_not_grow_with_the_trial_length():
+    """KL_z, the categorical KL and L_P are per-prefix averages: with an encoder whose heads ignore the history,
+    every prefix after the empty one has the same posterior, so the averages for T = 40 and T = 400 agree within
+    the empty prefix's share (1/41), where a sum over prefixes would differ tenfold."""
+    torch.manual_seed(15)
+    m = CBVI(S, A, temperature=1e-3)
+    with torch.no_grad():
+        for head in (m.cluster_head[-1], m.z_mean_head, m.z_logvar_head):
+            head.weight.zero_()
+        m.cluster_head[-1].bias.copy_(torch.tensor([20.0, 0.0, 0.0, 0.0]))  # q(c|tau_:t) = cluster 0 for t >= 1
+        m.prior_net[0].weight.add_(0.5)                                    # p_omega differs from p_tgt
+    for term in ("kl_z", "kl_c", "prior_l_p"):
+        values = []
+        for T in (40, 400):
+            obs, act, rew, nxt = trial(T, 3)
+            torch.manual_seed(16)
+            values.append(m.loss(obs, act, rew, nxt)[term].item())
+        assert values[0] == pytest.approx(values[1], rel=0.05), term
 
 
 def test_prior_consistency_and_target_refresh():
@@ -191,13 +242,14 @@ def clustered_trials(B, T, generator=None):
 def train_and_score(seed, steps=800, T=30, B=32):
     """Train CBVI on fresh clustered trials; NMI of argmax q(c | full trial) on held-out trials.
 
-    Settings: kl_weight 0.3 and cat_weight 0 (the categorical KL to uniform and the Gumbel noise
-    work against committing to clusters; the KL to the cluster-specific prior is what rewards it).
-    Calibrated over seeds 0-7: see the report; every seed reached NMI >= 0.99.
+    Settings: kl_weight 0.01 (the authors' Ant value, on the averaged reconstruction) and cat_weight 0 (the
+    categorical KL to uniform and the Gumbel noise work against committing to clusters; the KL to the
+    cluster-specific prior is what rewards it). Calibrated over seeds 0-3 with lambda_i 1 and 1e-3: every run
+    reached NMI 1.0.
     """
     torch.manual_seed(seed)
     m = CBVI(2, 2, latent_dim=4, action_embed=8, state_embed=16, reward_embed=8,
-             reward_decoder_layers=(32, 32), kl_weight=0.3, cat_weight=0.0, num_prefixes=8)
+             reward_decoder_layers=(32, 32), kl_weight=0.01, cat_weight=0.0, num_prefixes=8)
     opt = torch.optim.Adam(m.parameters(), lr=3e-3)
     for i in range(steps):
         obs, act, rew, nxt, _ = clustered_trials(B, T)
