@@ -120,7 +120,7 @@ class Args:
     clip_coef: Optional[float] = None
     """the surrogate clipping coefficient (None: 0.2 on PointGoal, as MILET's preset, else VariBAD's 0.05)"""
     ent_coef: Optional[float] = None
-    """coefficient of the entropy (None: 1e-3 on PointGoal, as MILET's exploitation policy, else VariBAD's 0.01)"""
+    """coefficient of the entropy (None: 1e-3 on PointGoal, between MILET's 1e-4 (exploit) and 1e-2 (explore), else VariBAD's 0.01)"""
     huber_value_loss: bool = True
     """Huber (smooth L1) clipped value loss, as MILET; --no-huber-value-loss uses the squared error"""
     vf_coef: float = 0.5
