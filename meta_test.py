@@ -4,6 +4,8 @@ MILET (milet_ppo_continuous.py), VariBAD (varibad_ppo_continuous.py) and RL2 (rl
 evaluated by this one function, so the protocol is the same for all three (Sec. 5):
   * the same 32 held-out test tasks of `envs_clustered.make_task_split`, one per vector-env slot;
   * the same trial: 1 exploration episode and N exploitation episodes of H steps, with deterministic actions;
+  * the same references: on PointGoal, the returns of the analytic policy that knows the goal
+    (`oracle_return_episode_k`) and, beside every NMI, `nmi_ceiling` (envs_clustered.nmi_ceiling);
   * the same record: the return of every episode, the exploration episode's xy trace (goal envs) and, for a method
     with a cluster posterior, the NMI between the true cluster and argmax q(c | tau_:t) after every step t of the
     exploration episode (Fig. 3c). A method without clusters returns no cluster probabilities: NMI is omitted.
@@ -23,7 +25,9 @@ import torch
 from sklearn.metrics import normalized_mutual_info_score
 from torch.utils.tensorboard import SummaryWriter
 
-SUMMARY_KEYS = ("nmi_end_of_exploration", "nmi_per_step", "test_clusters_true", "test_clusters_pred")
+import envs_clustered
+
+SUMMARY_KEYS = ("nmi_end_of_exploration", "nmi_per_step", "nmi_ceiling", "test_clusters_true", "test_clusters_pred")
 
 
 @torch.no_grad()
@@ -48,11 +52,16 @@ def evaluate(eval_envs, split, seed: int, num_episodes: int, episode_length: int
             if xy_trace is not None:
                 xy_trace.append(np.stack(info["xy"]))
     result = {f"return_episode_{k + 1}": float(episode_returns[k].mean()) for k in range(num_episodes)}
+    if split.env_id == "PointGoal":
+        oracle = envs_clustered.point_goal_oracle_returns(split.test_tasks, episode_length, num_episodes)
+        result.update({f"oracle_return_episode_{k + 1}": float(oracle[k]) for k in range(num_episodes)})
     result.update(test_clusters_true=split.test_clusters.tolist(), test_returns_per_task=np.round(episode_returns, 3).tolist())
     if predicted_clusters:
         # NMI(true cluster, argmax q(c | tau_:t)) after every step t = 1..H of the exploration episode (Fig. 3c)
         nmi_per_step = [float(normalized_mutual_info_score(split.test_clusters, pred)) for pred in predicted_clusters]
+        # the reference: the best NMI any clustering of the true test tasks reaches (envs_clustered.nmi_ceiling)
         result.update(nmi_per_step=nmi_per_step, nmi_end_of_exploration=nmi_per_step[-1],
+                      nmi_ceiling=envs_clustered.nmi_ceiling(split),
                       test_clusters_pred=predicted_clusters[-1].tolist(),
                       exploration_clusters=np.stack(predicted_clusters).T.tolist())  # (tasks, H): argmax per step
     if xy_trace is not None:  # (tasks, H+1, 2): the exploration episode's xy trace, for Fig. 3a
@@ -64,6 +73,7 @@ def summary(args, global_step: int, sps: int, record: dict) -> dict:
     """summary.json: the run, its final test returns and, where the method infers clusters, the NMI figures."""
     return {"env_id": args.env_id, "seed": args.seed, "global_step": global_step, "sps": sps,
             **{f"test_{k}": v for k, v in record.items() if k.startswith("return_episode_")},
+            **{k: v for k, v in record.items() if k.startswith("oracle_return_episode_")},
             **{k: record[k] for k in SUMMARY_KEYS if k in record}, "args": vars(args)}
 
 
