@@ -291,6 +291,18 @@ class TrialEnv(gym.Env):
     def _xy(self):  # robot xy, or None
         return None
 
+    def rng_state(self) -> list:
+        """States of every random generator of this slot (task draws; MuJoCo: also reset noise), for --resume."""
+        return [generator.bit_generator.state for generator in self._generators()]
+
+    def set_rng_state(self, states_per_slot: list) -> None:
+        """Restore this slot's generators from ``states_per_slot[self.slot]`` (one list serves a whole vector env)."""
+        for generator, state in zip(self._generators(), states_per_slot[self.slot]):
+            generator.bit_generator.state = state
+
+    def _generators(self):
+        return [self.np_random]
+
     # --- trial logic ---
     def _info(self, **extra):
         info = {"task": self.task.copy(), "cluster": self.cluster, **extra}
@@ -371,6 +383,9 @@ class MujocoTrialEnv(TrialEnv):
 
     def _reset_state(self, seed=None):
         return self.sim.reset(seed=seed)[0].astype(np.float32)
+
+    def _generators(self):
+        return [self.np_random, self.sim.np_random]
 
     def _xy(self):
         return self.sim.data.qpos[:2].copy()  # torso xy (= obs[:2])
@@ -531,6 +546,24 @@ class PointGoalVectorEnv(VectorEnv):
                                                self.num_episodes - 1))
         info["episode_start"] = np.full(n, episode_start)
         return obs, rewards, np.zeros(n, bool), np.full(n, truncated), info
+
+
+def rng_states(envs: VectorEnv) -> list:
+    """Per slot, the states of its random generators (the MuJoCo ones include reset noise), for a checkpoint."""
+    envs = envs.unwrapped
+    if isinstance(envs, PointGoalVectorEnv):
+        return [[rng.bit_generator.state] for rng in envs.rngs]
+    return list(envs.call("rng_state"))
+
+
+def set_rng_states(envs: VectorEnv, states: list) -> None:
+    """Restore what ``rng_states`` returned, so a resumed run draws the same reset noise and tasks."""
+    envs = envs.unwrapped
+    if isinstance(envs, PointGoalVectorEnv):
+        for rng, (state,) in zip(envs.rngs, states):
+            rng.bit_generator.state = state
+    else:
+        envs.call("set_rng_state", states)
 
 
 def make_vector_env(env_id: str, num_envs: int, *, episode_length: int = 100,

@@ -92,6 +92,16 @@ def start_run(args):
     return run_dir, writer
 
 
+def resume_run(run_dir: str, iteration: int, global_step: int):
+    """Reopen a run folder for --resume at a checkpoint taken after `iteration` (frame `global_step`): the
+    evaluations up to that iteration (later ones, written before the interruption, are dropped and will be
+    recomputed identically) and a tensorboard writer that purges the events logged after the checkpoint."""
+    records = [json.loads(line) for line in open(os.path.join(run_dir, "eval.jsonl"))]
+    eval_lines = [json.dumps(r) + "\n" for r in records if r["iteration"] <= iteration]
+    write_atomic(os.path.join(run_dir, "eval.jsonl"), "".join(eval_lines))
+    return SummaryWriter(run_dir, purge_step=global_step + 1), eval_lines, json.loads(eval_lines[-1])
+
+
 def write_atomic(path: str, text: str) -> None:
     """Write a whole file via a temporary file and a rename, so an interruption never leaves half a file."""
     with open(path + ".tmp", "w") as f:

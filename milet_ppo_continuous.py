@@ -12,6 +12,7 @@ Read it next to the paper's Algorithm 1 (meta-train) and Algorithm 2 (meta-test)
     python milet_ppo_continuous.py                          # PointGoal, about 10 minutes on 2 CPU cores
     python milet_ppo_continuous.py --env-id AntGoal --num-clusters 6
     python milet_ppo_continuous.py --eval-checkpoint runs/<run>/milet.pt   # re-run the meta-test evaluation
+    python milet_ppo_continuous.py --resume runs/<run>                     # continue an interrupted run
 """
 import json
 import os
@@ -61,6 +62,10 @@ class Args:
     """if set, load this checkpoint, re-run the meta-test evaluation, print it as JSON and exit"""
     eval_every: int = 25
     """meta-test evaluation every this many iterations (and before training and at the end)"""
+    checkpoint_every: int = 100
+    """write runs/<run_name>/resume.pt (everything --resume needs, trial buffer included) every this many iterations"""
+    resume: Optional[str] = None
+    """continue the run in this folder (runs/<run_name>) from its resume.pt, with the run's own flags"""
 
     # Environment and trials (Sec. 3)
     env_id: str = "PointGoal"
@@ -206,7 +211,7 @@ def check_args(args: Args) -> None:
             setattr(args, name, value)
     if args.num_clusters < 1:
         raise ValueError(f"--num-clusters must be >= 1, got {args.num_clusters}")
-    check_trial_args(args, ("vae_updates", "vae_batch_size", "target_prior_every"))
+    check_trial_args(args, ("vae_updates", "vae_batch_size", "target_prior_every", "checkpoint_every"))
 
 
 def check_trial_args(args, more_positive_flags: tuple[str, ...] = ()) -> None:
@@ -397,6 +402,16 @@ if __name__ == "__main__":
                           make_env(args, len(split.test_tasks), args.seed + 1), split, "cpu")
         print(json.dumps({k: v for k, v in result.items() if not k.startswith("exploration_")}))
         sys.exit(0)
+    resumed = None  # --resume: the checkpoint's state, restored once everything is built
+    if args.resume is not None:
+        resume_path = os.path.join(args.resume, "resume.pt")
+        changed = [f"--{k.replace('_', '-')}" for k, v in vars(args).items() if k != "resume" and v != getattr(Args(), k)]
+        if changed or not os.path.isfile(resume_path):
+            sys.exit(f"milet_ppo_continuous.py: error: --resume takes the run's own flags, drop {' '.join(changed)}" if changed
+                     else f"milet_ppo_continuous.py: error: no resume.pt in {args.resume}")
+        resumed = torch.load(resume_path, weights_only=False)
+        resumed["args"]["resume"] = args.resume
+        args = Args(**{k: tuple(v) if isinstance(v, list) else v for k, v in resumed["args"].items()})
     try:
         check_args(args)
     except ValueError as error:
@@ -404,7 +419,12 @@ if __name__ == "__main__":
     steps = args.episode_length
     args.trial_length = (1 + args.num_exploit_episodes) * steps
     args.num_iterations = args.total_timesteps // (args.num_envs * args.trial_length)
-    run_dir, writer = meta_test.start_run(args)  # runs/<env_id>__<exp_name>__<seed>__<time>/, args.json
+    if resumed is None:
+        run_dir, writer = meta_test.start_run(args)  # runs/<env_id>__<exp_name>__<seed>__<time>/, args.json
+        eval_lines = []  # eval.jsonl, one serialised line per evaluation
+    else:  # the same folder: evaluations after the checkpoint are dropped, tensorboard purges its later events
+        run_dir = args.resume
+        writer, eval_lines, record = meta_test.resume_run(run_dir, resumed["iteration"], resumed["global_step"])
 
     # TRY NOT TO MODIFY: seeding
     random.seed(args.seed)
@@ -435,9 +455,25 @@ if __name__ == "__main__":
     states, next_states = torch.zeros((T, B, obs_dim), device=device), torch.zeros((T, B, obs_dim), device=device)
     cluster_probs = torch.zeros((T + 1, B, args.num_clusters), device=device)
 
-    global_step, start_time, eval_lines = 0, time.time(), []  # eval.jsonl, one serialised line per evaluation
-    checkpoint_path = os.path.join(run_dir, "milet.pt")
-    progress = tqdm(range(0, args.num_iterations + 1), desc=args.env_id, unit="it")
+    # Everything a checkpoint must hold so that --resume continues exactly as an uninterrupted run (CPU, same threads)
+    stateful = {"cbvi": cbvi, "exploit_agent": exploit_agent, "explore_agent": explore_agent, "buffer": buffer,
+                "vae_optimizer": vae_optimizer, "exploit_optimizer": exploit_optimizer, "explore_optimizer": explore_optimizer}
+    start_iteration, global_step = 0, 0
+    if resumed is not None:
+        for name, obj in stateful.items():
+            if obj is not None:
+                obj.load_state_dict(resumed[name])
+        (obs_rms.mean, obs_rms.var, obs_rms.count), (return_rms.mean, return_rms.var, return_rms.count) = resumed["rms"]
+        random.setstate(resumed["rng"]["python"])
+        np.random.set_state(resumed["rng"]["numpy"])
+        torch.set_rng_state(resumed["rng"]["torch"])
+        task_rng.bit_generator.state = resumed["rng"]["tasks"]
+        envs_clustered.set_rng_states(envs, resumed["rng"]["envs"])
+        start_iteration, global_step = resumed["iteration"] + 1, resumed["global_step"]
+    start_step, start_time, sps = global_step, time.time(), 0
+    checkpoint_path, resume_path = os.path.join(run_dir, "milet.pt"), os.path.join(run_dir, "resume.pt")
+    progress = tqdm(range(start_iteration, args.num_iterations + 1), desc=args.env_id, unit="it",
+                    initial=start_iteration, total=args.num_iterations + 1)
     try:
         for iteration in progress:
             if iteration > 0:
@@ -512,7 +548,7 @@ if __name__ == "__main__":
                 for episode in range(1 + args.num_exploit_episodes):
                     train_return = rewards[episode * steps: (episode + 1) * steps].sum(0).mean().item()
                     writer.add_scalar(f"charts/return_episode_{episode + 1}", train_return, global_step)
-                writer.add_scalar("charts/SPS", int(global_step / (time.time() - start_time)), global_step)
+                writer.add_scalar("charts/SPS", int((global_step - start_step) / (time.time() - start_time)), global_step)
 
             # meta-test evaluation before training, every eval_every iterations and at the end
             if iteration % args.eval_every == 0 or iteration == args.num_iterations:
@@ -523,7 +559,15 @@ if __name__ == "__main__":
                 meta_test.log_evaluation(writer, run_dir, eval_lines, record)
                 if args.save_model:
                     save_checkpoint(checkpoint_path, args, cbvi, explore_agent, exploit_agent, obs_rms, iteration, global_step)
-            sps = int(global_step / (time.time() - start_time))
+            if iteration > 0 and (iteration % args.checkpoint_every == 0 or iteration == args.num_iterations):
+                torch.save({"args": asdict(args), "iteration": iteration, "global_step": global_step,
+                            **{name: obj.state_dict() for name, obj in stateful.items() if obj is not None},
+                            "rms": [(rms.mean, rms.var, rms.count) for rms in (obs_rms, return_rms)],
+                            "rng": {"python": random.getstate(), "numpy": np.random.get_state(),
+                                    "torch": torch.get_rng_state(), "tasks": task_rng.bit_generator.state,
+                                    "envs": envs_clustered.rng_states(envs)}}, resume_path + ".tmp")
+                os.replace(resume_path + ".tmp", resume_path)  # an interruption leaves the previous checkpoint whole
+            sps = int((global_step - start_step) / max(time.time() - start_time, 1e-9))
             progress.set_postfix(SPS=sps, eval_return_2=round(record["return_episode_2"], 1),
                                  eval_nmi=round(record["nmi_end_of_exploration"], 3))
     except FloatingPointError as error:

@@ -4,6 +4,7 @@ import os
 import runpy
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -130,3 +131,46 @@ def test_nan_loss_stops_with_the_term_named_and_keeps_the_checkpoint(tmp_path, m
     assert [json.loads(line)["iteration"] for line in open(os.path.join(run_dir, "eval.jsonl"))] == [0, 1]
     assert not os.path.exists(os.path.join(run_dir, "summary.json"))
     assert json.load(open(os.path.join(run_dir, "args.json")))["seed"] == 1  # written when the run started
+
+
+def test_a_killed_run_resumes_to_the_same_evaluations_as_an_uninterrupted_run(tmp_path):
+    """N iterations, SIGKILL, --resume for the rest == all iterations in one go (CPU, one thread). The kill comes
+    right after the first resume.pt appears, mid-run: what the killed run wrote must still parse, and the resumed
+    run drops the evaluations written after its checkpoint and recomputes them identically."""
+    flags = [*tiny(200), "--eval-every", "10", "--checkpoint-every", "5", "--no-cuda"]
+    one_thread = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, SCRIPT, "--runs-dir", str(tmp_path / "whole"), *flags], env=one_thread,
+                   check=True, capture_output=True, cwd=ROOT, timeout=600)
+    killed = subprocess.Popen([sys.executable, SCRIPT, "--runs-dir", str(tmp_path / "cut"), *flags], env=one_thread,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
+    while not (os.path.isdir(tmp_path / "cut") and os.listdir(tmp_path / "cut")
+               and os.path.exists(os.path.join(only_run_dir(tmp_path / "cut"), "resume.pt"))):
+        assert killed.poll() is None, "the run ended before its first checkpoint"
+        time.sleep(0.01)
+    killed.kill()
+    killed.wait()
+    run_dir = only_run_dir(tmp_path / "cut")
+    assert not os.path.exists(os.path.join(run_dir, "summary.json")), "the kill came too late to interrupt the run"
+    checkpoint = torch.load(os.path.join(run_dir, "resume.pt"), weights_only=False)
+    assert 5 <= checkpoint["iteration"] < 200
+    assert [json.loads(line)["iteration"] for line in open(os.path.join(run_dir, "eval.jsonl"))][0] == 0
+    json.load(open(os.path.join(run_dir, "args.json")))
+
+    subprocess.run([sys.executable, SCRIPT, "--resume", run_dir], env=one_thread, check=True, capture_output=True,
+                   cwd=ROOT, timeout=600)
+    whole = open(os.path.join(only_run_dir(tmp_path / "whole"), "eval.jsonl")).readlines()
+    resumed = open(os.path.join(run_dir, "eval.jsonl")).readlines()
+    assert len(whole) == 21 and resumed == whole
+    summaries = [json.load(open(os.path.join(d, "summary.json"))) for d in (only_run_dir(tmp_path / "whole"), run_dir)]
+    assert summaries[0]["test_return_episode_2"] == summaries[1]["test_return_episode_2"]
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--seed", "2"], "--resume takes the run's own flags, drop --seed"),
+    ([], "no resume.pt in"),
+])
+def test_bad_resume_is_one_line(tmp_path, flags, message):
+    result = subprocess.run([sys.executable, SCRIPT, "--resume", str(tmp_path), *flags], capture_output=True, text=True,
+                            cwd=ROOT, timeout=600)
+    assert result.returncode != 0 and message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
