@@ -11,6 +11,8 @@ MILET's own (cbvi.py, milet_ppo_continuous.py, meta_test.py); what differs is wr
 
     python varibad_ppo_continuous.py                    # PointGoal
     python varibad_ppo_continuous.py --env-id AntGoal
+    python varibad_ppo_continuous.py --env-id AntGoal --oracle --exp-name oracle   # PPO that knows the task
+    python varibad_ppo_continuous.py --resume runs/<run>                           # continue an interrupted run
 """
 import json
 import os
@@ -57,6 +59,12 @@ class Args:
     """if toggled, save a checkpoint (runs/<run_name>/varibad.pt) at every evaluation"""
     eval_every: int = 25
     """meta-test evaluation every this many iterations (and before training and at the end)"""
+    checkpoint_every: int = 100
+    """write runs/<run_name>/resume.pt (everything --resume needs, trial buffer included) every this many iterations"""
+    resume: Optional[str] = None
+    """continue the run in this folder (runs/<run_name>) from its resume.pt, with the run's own flags"""
+    oracle: bool = False
+    """the oracle reference: the policy sees the TRUE task parameters instead of the belief (the VAE is not trained)"""
 
     # Environment and trials, as MILET
     env_id: str = "PointGoal"
@@ -150,7 +158,7 @@ def check_args(args: Args) -> None:
     for name, value in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, value)
-    check_trial_args(args, ("vae_updates", "vae_batch_size"))
+    check_trial_args(args, ("vae_updates", "vae_batch_size", "checkpoint_every"))
 
 
 class VariBADVAE(nn.Module):
@@ -210,10 +218,16 @@ class VariBADVAE(nn.Module):
         return {"reward_reconstruction": reward_rec, "state_reconstruction": state_rec, "kl": kl, "total": total}
 
 
-def policy_input(obs, latent_mean, latent_logvar, obs_rms, device) -> torch.Tensor:
-    """pi(a | s, q(m | tau_:t)): the normalised state and the latent's mean and log-variance (no cluster probabilities)."""
+def policy_input(obs, belief, obs_rms, device) -> torch.Tensor:
+    """pi(a | s, q(m | tau_:t)): the normalised state and the belief, [latent mean, latent log-variance] (no cluster
+    probabilities), or with --oracle the true task parameters."""
     norm_obs = np.clip((obs - obs_rms.mean) / np.sqrt(obs_rms.var + 1e-8), -10, 10)
-    return torch.cat([torch.as_tensor(norm_obs, dtype=torch.float32, device=device), latent_mean, latent_logvar], -1)
+    return torch.cat([torch.as_tensor(norm_obs, dtype=torch.float32, device=device), belief], -1)
+
+
+def task_tensor(tasks, device) -> torch.Tensor:
+    """The true task parameters (goal, direction or multipliers), the --oracle policy's belief."""
+    return torch.as_tensor(np.stack(tasks), dtype=torch.float32, device=device)
 
 
 @torch.no_grad()
@@ -222,7 +236,8 @@ def evaluate(args: Args, vae, agent, obs_rms, eval_envs, split, device) -> dict:
     hidden, mean, logvar = vae.initial_belief(len(split.test_tasks), device)
 
     def act(obs, step):
-        return agent.get_action_and_value(policy_input(obs, mean, logvar, obs_rms, device), deterministic=True)[0]
+        belief = task_tensor(split.test_tasks, device) if args.oracle else torch.cat([mean, logvar], -1)
+        return agent.get_action_and_value(policy_input(obs, belief, obs_rms, device), deterministic=True)[0]
 
     def observe(action, next_state, reward, step):
         nonlocal hidden, mean, logvar
@@ -236,6 +251,16 @@ def evaluate(args: Args, vae, agent, obs_rms, eval_envs, split, device) -> dict:
 
 if __name__ == "__main__":
     args = tyro.cli(Args)
+    resumed = None  # --resume: the checkpoint's state, restored once everything is built
+    if args.resume is not None:
+        resume_path = os.path.join(args.resume, "resume.pt")
+        changed = [f"--{k.replace('_', '-')}" for k, v in vars(args).items() if k != "resume" and v != getattr(Args(), k)]
+        if changed or not os.path.isfile(resume_path):
+            sys.exit(f"varibad_ppo_continuous.py: error: --resume takes the run's own flags, drop {' '.join(changed)}" if changed
+                     else f"varibad_ppo_continuous.py: error: no resume.pt in {args.resume}")
+        resumed = torch.load(resume_path, weights_only=False)
+        resumed["args"]["resume"] = args.resume
+        args = Args(**{k: tuple(v) if isinstance(v, list) else v for k, v in resumed["args"].items()})
     try:
         check_args(args)
     except ValueError as error:
@@ -243,7 +268,12 @@ if __name__ == "__main__":
     steps = args.episode_length
     args.trial_length = (1 + args.num_exploit_episodes) * steps
     args.num_iterations = args.total_timesteps // (args.num_envs * args.trial_length)
-    run_dir, writer = meta_test.start_run(args)  # runs/<env_id>__<exp_name>__<seed>__<time>/, args.json
+    if resumed is None:
+        run_dir, writer = meta_test.start_run(args)  # runs/<env_id>__<exp_name>__<seed>__<time>/, args.json
+        eval_lines = []
+    else:  # the same folder: evaluations after the checkpoint are dropped, tensorboard purges its later events
+        run_dir = args.resume
+        writer, eval_lines, record = meta_test.resume_run(run_dir, resumed["iteration"], resumed["global_step"])
 
     # TRY NOT TO MODIFY: seeding
     random.seed(args.seed)
@@ -259,7 +289,8 @@ if __name__ == "__main__":
     obs_dim, action_dim = envs.single_observation_space.shape[0], envs.single_action_space.shape[0]
     task_rng = np.random.default_rng(args.seed)
     vae = VariBADVAE(obs_dim, action_dim, args).to(device)
-    agent = Agent(obs_dim + 2 * args.latent_dim, action_dim, args.policy_layers).to(device)
+    belief_dim = split.train_tasks.shape[1] if args.oracle else 2 * args.latent_dim
+    agent = Agent(obs_dim + belief_dim, action_dim, args.policy_layers).to(device)
     vae_optimizer = optim.Adam(vae.parameters(), lr=args.vae_lr)
     optimizer = optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-8)
     buffer = TrialBuffer(args.vae_buffer_size, 1 + args.num_exploit_episodes, steps, obs_dim, action_dim)
@@ -267,13 +298,28 @@ if __name__ == "__main__":
 
     # ALGO Logic: Storage setup for one trial per environment
     T, B = args.trial_length, args.num_envs
-    inputs = torch.zeros((T, B, obs_dim + 2 * args.latent_dim), device=device)
+    inputs = torch.zeros((T, B, obs_dim + belief_dim), device=device)
     actions = torch.zeros((T, B, action_dim), device=device)
     logprobs, values, rewards = (torch.zeros((T, B), device=device) for _ in range(3))
     states, next_states = torch.zeros((T, B, obs_dim), device=device), torch.zeros((T, B, obs_dim), device=device)
 
-    global_step, start_time, eval_lines = 0, time.time(), []
-    progress = tqdm(range(0, args.num_iterations + 1), desc=f"VariBAD {args.env_id}", unit="it")
+    # Everything a checkpoint must hold so that --resume continues exactly as an uninterrupted run (CPU, same threads)
+    stateful = {"vae": vae, "agent": agent, "buffer": buffer, "vae_optimizer": vae_optimizer, "optimizer": optimizer}
+    start_iteration, global_step = 0, 0
+    if resumed is not None:
+        for name, obj in stateful.items():
+            obj.load_state_dict(resumed[name])
+        (obs_rms.mean, obs_rms.var, obs_rms.count), (return_rms.mean, return_rms.var, return_rms.count) = resumed["rms"]
+        random.setstate(resumed["rng"]["python"])
+        np.random.set_state(resumed["rng"]["numpy"])
+        torch.set_rng_state(resumed["rng"]["torch"])
+        task_rng.bit_generator.state = resumed["rng"]["tasks"]
+        envs_clustered.set_rng_states(envs, resumed["rng"]["envs"])
+        start_iteration, global_step = resumed["iteration"] + 1, resumed["global_step"]
+    start_step, start_time, sps = global_step, time.time(), 0
+    resume_path = os.path.join(run_dir, "resume.pt")
+    progress = tqdm(range(start_iteration, args.num_iterations + 1), desc=f"VariBAD {args.env_id}", unit="it",
+                    initial=start_iteration, total=args.num_iterations + 1)
     try:
         for iteration in progress:
             if iteration > 0:
@@ -282,14 +328,15 @@ if __name__ == "__main__":
 
                 # ALGO LOGIC: one trial per environment, one policy in every episode, the belief updated online
                 task_index = task_rng.integers(len(split.train_tasks), size=B)
-                obs, _ = envs.reset(seed=args.seed if iteration == 1 else None,
+                obs, reset_info = envs.reset(seed=args.seed if iteration == 1 else None,
                                     options={"tasks": split.train_tasks[task_index], "clusters": split.train_clusters[task_index]})
                 with torch.no_grad():  # the policy never trains the encoder
                     hidden, latent_mean, latent_logvar = vae.initial_belief(B, device)
                     for step in range(T):
                         global_step += B
                         obs_rms.update(obs)
-                        inputs[step] = policy_input(obs, latent_mean, latent_logvar, obs_rms, device)
+                        belief = task_tensor(reset_info["task"], device) if args.oracle else torch.cat([latent_mean, latent_logvar], -1)
+                        inputs[step] = policy_input(obs, belief, obs_rms, device)
                         action, logprobs[step], _, values[step] = agent.get_action_and_value(inputs[step])
                         actions[step] = action
                         states[step] = torch.as_tensor(obs, dtype=torch.float32, device=device)
@@ -313,20 +360,20 @@ if __name__ == "__main__":
                 for key, value in stats.items():
                     writer.add_scalar(f"losses/{key}", value, global_step)
 
-                # ALGO LOGIC: VAE update on whole trials from the buffer
-                for _ in range(args.vae_updates):
+                # ALGO LOGIC: VAE update on whole trials from the buffer (none for the --oracle reference)
+                for _ in range(0 if args.oracle else args.vae_updates):
                     vae_losses = vae.loss(*buffer.sample(args.vae_batch_size, device))
                     check_finite(vae_losses, iteration)
                     vae_optimizer.zero_grad()
                     vae_losses["total"].backward()
                     nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
                     vae_optimizer.step()
-                for key, value in vae_losses.items():
+                for key, value in (vae_losses.items() if not args.oracle else ()):
                     writer.add_scalar(f"losses/vae_{key}", value.item(), global_step)
                 for episode in range(1 + args.num_exploit_episodes):
                     train_return = rewards[episode * steps: (episode + 1) * steps].sum(0).mean().item()
                     writer.add_scalar(f"charts/return_episode_{episode + 1}", train_return, global_step)
-                writer.add_scalar("charts/SPS", int(global_step / (time.time() - start_time)), global_step)
+                writer.add_scalar("charts/SPS", int((global_step - start_step) / (time.time() - start_time)), global_step)
 
             # meta-test evaluation before training, every eval_every iterations and at the end
             if iteration % args.eval_every == 0 or iteration == args.num_iterations:
@@ -337,7 +384,15 @@ if __name__ == "__main__":
                     torch.save({"args": vars(args), "vae": vae.state_dict(), "agent": agent.state_dict(), "iteration": iteration,
                                 "obs_rms": (obs_rms.mean, obs_rms.var, obs_rms.count)}, os.path.join(run_dir, "varibad.pt.tmp"))
                     os.replace(os.path.join(run_dir, "varibad.pt.tmp"), os.path.join(run_dir, "varibad.pt"))
-            sps = int(global_step / (time.time() - start_time))
+            if iteration > 0 and (iteration % args.checkpoint_every == 0 or iteration == args.num_iterations):
+                torch.save({"args": vars(args), "iteration": iteration, "global_step": global_step,
+                            **{name: obj.state_dict() for name, obj in stateful.items()},
+                            "rms": [(rms.mean, rms.var, rms.count) for rms in (obs_rms, return_rms)],
+                            "rng": {"python": random.getstate(), "numpy": np.random.get_state(),
+                                    "torch": torch.get_rng_state(), "tasks": task_rng.bit_generator.state,
+                                    "envs": envs_clustered.rng_states(envs)}}, resume_path + ".tmp")
+                os.replace(resume_path + ".tmp", resume_path)  # an interruption leaves the previous checkpoint whole
+            sps = int((global_step - start_step) / max(time.time() - start_time, 1e-9))
             progress.set_postfix(SPS=sps, eval_return_2=round(record["return_episode_2"], 1))
     except FloatingPointError as error:
         writer.close()

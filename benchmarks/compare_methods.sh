@@ -7,7 +7,8 @@
 #
 # Environment variables override the mode: ENV_IDS, SEEDS, WORKERS (parallel runs), FRAMES (empty: each script's
 # default budget for the env), OUT (runs and figures). Each run uses one CPU thread (OMP_NUM_THREADS=1), so a seed
-# gives the same numbers on every CPU run. Runs that finished before are not repeated: delete OUT to start over.
+# gives the same numbers on every CPU run. Runs that finished before are not repeated, and runs that were interrupted
+# continue from their last resume.pt (--resume): delete OUT to start over.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode=${1:-quick}
@@ -47,9 +48,15 @@ run_one() {
   done_mark="$OUT/logs/${env_id}__${name}__${seed}.done"
   [ -f "$done_mark" ] && return 0
   budget=(); [ -n "$FRAMES" ] && budget=(--total-timesteps "$FRAMES")
-  # shellcheck disable=SC2086
-  if OMP_NUM_THREADS=1 python "$script" --env-id "$env_id" --seed "$seed" --exp-name "$name" --runs-dir "$OUT/runs/$env_id/$name/$seed" \
-       "${budget[@]}" $flags > "$OUT/logs/${env_id}__${name}__${seed}.log" 2>&1; then
+  # an unfinished run (a resume.pt and no summary.json) continues from its checkpoint instead of starting again
+  unfinished=$(find "$OUT/runs/$env_id/$name/$seed" -name resume.pt -printf '%h\n' 2>/dev/null | head -n 1)
+  if [ -n "$unfinished" ] && [ ! -f "$unfinished/summary.json" ]; then
+    cmd=(python "$script" --resume "$unfinished")
+  else
+    # shellcheck disable=SC2206
+    cmd=(python "$script" --env-id "$env_id" --seed "$seed" --exp-name "$name" --runs-dir "$OUT/runs/$env_id/$name/$seed" "${budget[@]}" $flags)
+  fi
+  if OMP_NUM_THREADS=1 "${cmd[@]}" >> "$OUT/logs/${env_id}__${name}__${seed}.log" 2>&1; then
     touch "$done_mark"; echo "done: $env_id $name seed $seed"
   else
     echo "FAILED: $env_id $name seed $seed (see $OUT/logs/${env_id}__${name}__${seed}.log)" >&2

@@ -110,3 +110,18 @@ def test_rl2_sequence_rerun_reproduces_the_rollout():
         _, new_logprob, _, new_value, _ = agent(torch.stack(inputs), torch.zeros(3, args.gru_hidden_size), torch.stack(actions))
     torch.testing.assert_close(new_logprob, torch.stack(logprobs))
     torch.testing.assert_close(new_value, torch.stack(values))
+
+
+@pytest.mark.parametrize("env_id", ["PointGoal", "AntGoal", "HopperRandParams"])
+def test_varibad_oracle_sees_the_true_task_and_trains_no_vae(tmp_path, env_id):
+    run_baseline("varibad", tmp_path, "--env-id", env_id, "--oracle", *TINY["varibad"])
+    run_dir = only_run_dir(tmp_path)
+    summary = json.load(open(os.path.join(run_dir, "summary.json")))
+    assert summary["args"]["oracle"] and "test_return_episode_2" in summary
+    split = envs_clustered.make_task_split(env_id)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    tags = EventAccumulator(run_dir).Reload().Tags()["scalars"]
+    assert "losses/policy_loss" in tags and not any(tag.startswith("losses/vae_") for tag in tags)
+    obs_dim = envs_clustered.make_env(env_id).observation_space.shape[0]
+    policy = torch.load(os.path.join(run_dir, "resume.pt"), weights_only=False)["agent"]
+    assert policy["critic.0.weight"].shape[1] == obs_dim + split.train_tasks.shape[1]  # state + true task, no latent

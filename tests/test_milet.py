@@ -133,15 +133,16 @@ def test_nan_loss_stops_with_the_term_named_and_keeps_the_checkpoint(tmp_path, m
     assert json.load(open(os.path.join(run_dir, "args.json")))["seed"] == 1  # written when the run started
 
 
-def test_a_killed_run_resumes_to_the_same_evaluations_as_an_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("script", [SCRIPT, os.path.join(ROOT, "varibad_ppo_continuous.py")])
+def test_a_killed_run_resumes_to_the_same_evaluations_as_an_uninterrupted_run(tmp_path, script):
     """N iterations, SIGKILL, --resume for the rest == all iterations in one go (CPU, one thread). The kill comes
     right after the first resume.pt appears, mid-run: what the killed run wrote must still parse, and the resumed
     run drops the evaluations written after its checkpoint and recomputes them identically."""
     flags = [*tiny(200), "--eval-every", "10", "--checkpoint-every", "5", "--no-cuda"]
     one_thread = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, SCRIPT, "--runs-dir", str(tmp_path / "whole"), *flags], env=one_thread,
+    subprocess.run([sys.executable, script, "--runs-dir", str(tmp_path / "whole"), *flags], env=one_thread,
                    check=True, capture_output=True, cwd=ROOT, timeout=600)
-    killed = subprocess.Popen([sys.executable, SCRIPT, "--runs-dir", str(tmp_path / "cut"), *flags], env=one_thread,
+    killed = subprocess.Popen([sys.executable, script, "--runs-dir", str(tmp_path / "cut"), *flags], env=one_thread,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
     while not (os.path.isdir(tmp_path / "cut") and os.listdir(tmp_path / "cut")
                and os.path.exists(os.path.join(only_run_dir(tmp_path / "cut"), "resume.pt"))):
@@ -156,7 +157,7 @@ def test_a_killed_run_resumes_to_the_same_evaluations_as_an_uninterrupted_run(tm
     assert [json.loads(line)["iteration"] for line in open(os.path.join(run_dir, "eval.jsonl"))][0] == 0
     json.load(open(os.path.join(run_dir, "args.json")))
 
-    subprocess.run([sys.executable, SCRIPT, "--resume", run_dir], env=one_thread, check=True, capture_output=True,
+    subprocess.run([sys.executable, script, "--resume", run_dir], env=one_thread, check=True, capture_output=True,
                    cwd=ROOT, timeout=600)
     whole = open(os.path.join(only_run_dir(tmp_path / "whole"), "eval.jsonl")).readlines()
     resumed = open(os.path.join(run_dir, "eval.jsonl")).readlines()
