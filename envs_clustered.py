@@ -25,6 +25,11 @@ Where things are documented
 * Observations: ``PointGoalEnv`` (xy), ``MujocoTrialEnv`` (the v5 observation, with x, y for Ant and
   Humanoid), all cast to float32.
 * info dicts and trial bookkeeping: ``TrialEnv`` (single env) and ``make_vector_env`` (vector env).
+* Vector envs: PointGoal is one numpy batch (``PointGoalVectorEnv``); the MuJoCo ids are stepped natively, all
+  slots in C across threads (``MujocoVectorEnv``), with gymnasium's v5 envs behind ``native=False`` as the
+  reference that the native path matches step for step (tests/test_envs.py).
+* References for the results: ``nmi_ceiling`` (the best NMI a clustering of the true test tasks reaches) and
+  ``point_goal_oracle_returns`` (the analytic PointGoal policy that knows the goal).
   A training script may equally derive the inner-episode index of transition t (0-based step of
   the trial) as t // H; ``info["episode_index"]`` describes the returned obs instead.
 
@@ -44,6 +49,7 @@ Deviations from the paper / the authors' code (all deliberate)
 
 from __future__ import annotations
 
+import copy
 import functools
 import os
 from dataclasses import dataclass
@@ -548,11 +554,177 @@ class PointGoalVectorEnv(VectorEnv):
         return obs, rewards, np.zeros(n, bool), np.full(n, truncated), info
 
 
+# Native batched MuJoCo stepping: per env id, what gymnasium's v5 class does (its XML, frame skip, reset noise,
+# observation and costs), with the settings that make_env gives it. Checked against the v5 path by
+# tests/test_envs.py::test_native_mujoco_vector_env_matches_gymnasium.
+_SIM = {  # kind -> (gymnasium XML, frame_skip, reset noise scale, qvel noise is Gaussian)
+    "goal": ("ant.xml", 5, 0.1, True), "dir": ("humanoid.xml", 5, 1e-2, False),
+    "HopperRandParams": ("hopper.xml", 4, 5e-3, False), "WalkerRandParams": ("walker2d_v5.xml", 4, 5e-3, False),
+}
+
+
+class MujocoVectorEnv(VectorEnv):
+    """``num_envs`` MuJoCo trial slots stepped in C, across ``physics_threads`` threads (MuJoCo releases the GIL in
+    mj_step), with observations and rewards built for all slots by numpy in one pass.
+
+    Step for step the same numbers as ``make_vector_env(..., native=False)`` (gymnasium's v5 envs in a
+    SyncVectorEnv): the same XML, frame skip, reset noise, observation and reward, and per slot the same random
+    generators, seeded the same way, so even the reset noise matches draw for draw. One MjModel serves every slot,
+    except for rand-params, where each slot owns a copy whose parameter groups its task scales. The API, info keys
+    and trial logic are those of ``PointGoalVectorEnv`` (arrays over slots, no "_key" masks, no auto-reset).
+    """
+
+    def __init__(self, env_id: str, num_envs: int, episode_length: int = 100, num_episodes: int = 2,
+                 seed: int = 0, physics_threads: int = 2):
+        from concurrent.futures import ThreadPoolExecutor
+
+        from gymnasium.envs import mujoco as gym_mujoco
+        from gymnasium.utils.seeding import np_random
+        self.env_id, self.kind, self.num_envs = env_id, _kind(env_id), num_envs
+        self.episode_length, self.num_episodes = episode_length, num_episodes
+        self.trial_length = episode_length * num_episodes
+        xml, self.frame_skip, self.noise_scale, self.gaussian_qvel = _SIM[env_id if self.kind == "params" else self.kind]
+        model = mujoco.MjModel.from_xml_path(os.path.join(os.path.dirname(gym_mujoco.__file__), "assets", xml))
+        self.models = [copy.deepcopy(model) for _ in range(num_envs)] if self.kind == "params" else [model] * num_envs
+        self.datas = [mujoco.MjData(m) for m in self.models]
+        self.init_qpos, self.init_qvel = self.datas[0].qpos.copy(), self.datas[0].qvel.copy()
+        self.dt = model.opt.timestep * self.frame_skip
+        if self.kind == "params":
+            self.slices = param_group_slices(env_id)
+            self.defaults = {name: getattr(model, name).copy() for name in PARAM_GROUPS}
+        obs_dim = self._observe()[0].shape[1]
+        self.single_observation_space = Box(-np.inf, np.inf, (obs_dim,), np.float32)
+        low, high = model.actuator_ctrlrange.T.astype(np.float32)
+        self.single_action_space = Box(low, high, dtype=np.float32)
+        self.observation_space = batch_space(self.single_observation_space, num_envs)
+        self.action_space = batch_space(self.single_action_space, num_envs)
+        self.metadata = {"autoreset_mode": AutoresetMode.DISABLED}
+        self.split = make_task_split(env_id, seed=seed)
+        # the generators of TrialEnv slot i: its own (task draws), and its simulator's (reset noise), which the
+        # reference seeds from the first and resets once at construction
+        self.rngs = [np.random.default_rng([seed, i]) for i in range(num_envs)]
+        self.sim_rngs = [np_random(int(rng.integers(2**31)))[0] for rng in self.rngs]
+        for i in range(num_envs):
+            self._reset_slot(i)
+        self.pool = ThreadPoolExecutor(physics_threads) if physics_threads > 1 else None
+        self.blocks = np.array_split(np.arange(num_envs), max(physics_threads, 1))
+        self._t = self.trial_length
+
+    # --- physics ---
+    def _reset_slot(self, i):  # gymnasium's MujocoEnv.reset + reset_model + set_state
+        model, data, rng = self.models[i], self.datas[i], self.sim_rngs[i]
+        mujoco.mj_resetData(model, data)
+        qpos = self.init_qpos + rng.uniform(low=-self.noise_scale, high=self.noise_scale, size=model.nq)
+        qvel = self.init_qvel + (self.noise_scale * rng.standard_normal(model.nv) if self.gaussian_qvel else
+                                 rng.uniform(low=-self.noise_scale, high=self.noise_scale, size=model.nv))
+        data.qpos[:], data.qvel[:] = qpos, qvel
+        mujoco.mj_forward(model, data)
+
+    def _step_block(self, block, actions):  # gymnasium's do_simulation, for a block of slots, in one thread
+        for i in block:
+            self.datas[i].ctrl[:] = actions[i]
+            mujoco.mj_step(self.models[i], self.datas[i], nstep=self.frame_skip)
+            mujoco.mj_rnePostConstraint(self.models[i], self.datas[i])
+
+    def _gather(self, field):
+        return np.stack([getattr(data, field) for data in self.datas])
+
+    def _mass_centre_xy(self):  # humanoid_v5.mass_center for every slot
+        mass = self.models[0].body_mass
+        return (np.einsum("b,nbj->nj", mass, self._gather("xipos")) / mass.sum())[:, :2]
+
+    def _observe(self):
+        """(observations float64, cfrc_ext) of every slot, as the v5 _get_obs with our make_env settings."""
+        qpos, qvel, cfrc_ext = self._gather("qpos"), self._gather("qvel"), self._gather("cfrc_ext")
+        n = len(qpos)
+        if self.kind == "goal":  # Ant: positions with x, y, velocities, contact forces clipped to [-1, 1]
+            parts = [qpos, qvel, np.clip(cfrc_ext, -1.0, 1.0)[:, 1:].reshape(n, -1)]
+        elif self.kind == "dir":  # Humanoid: + com inertia, com velocity, actuator forces, contact forces
+            parts = [qpos, qvel, self._gather("cinert")[:, 1:].reshape(n, -1), self._gather("cvel")[:, 1:].reshape(n, -1),
+                     self._gather("qfrc_actuator")[:, 6:], cfrc_ext[:, 1:].reshape(n, -1)]
+        else:  # Hopper / Walker2d: positions without x, velocities clipped to [-10, 10]
+            parts = [qpos[:, 1:], np.clip(qvel, -10.0, 10.0)]
+        return np.concatenate(parts, axis=1), cfrc_ext
+
+    # --- trial logic, as PointGoalVectorEnv ---
+    def _info(self, xy, **extra):
+        info = {"task": self.tasks.copy(), "cluster": self.clusters.copy(), **extra}
+        if self.kind != "params":
+            info["xy"] = xy
+        return info
+
+    def reset(self, *, seed=None, options=None):
+        from gymnasium.utils.seeding import np_random
+        if seed is not None:  # like SyncVectorEnv over TrialEnvs: slot i and its simulator get seed + i
+            self.rngs = [np_random(seed + i)[0] for i in range(self.num_envs)]
+            self.sim_rngs = [np_random(seed + i)[0] for i in range(self.num_envs)]
+        chosen = [_choose_task(self.env_id, self.split, self.rngs[i], options or {}, i) for i in range(self.num_envs)]
+        self.tasks = np.stack([task for task, _ in chosen])
+        self.clusters = np.array([cluster for _, cluster in chosen])
+        for i in range(self.num_envs):
+            if self.kind == "params":  # model.<group> = default.<group> * multipliers, every group
+                for name, sl in self.slices.items():
+                    getattr(self.models[i], name)[:] = self.defaults[name] * self.tasks[i, sl].reshape(self.defaults[name].shape)
+            self._reset_slot(i)
+        self._t = 0
+        n = self.num_envs
+        info = self._info(self._gather("qpos")[:, :2], episode_index=np.zeros(n, dtype=np.int64),
+                          episode_start=np.ones(n, dtype=bool))
+        return self._observe()[0].astype(np.float32), info
+
+    def step(self, actions):
+        if self._t >= self.trial_length:
+            raise RuntimeError("the trial is over: call reset()")
+        actions = np.asarray(actions)
+        before = self._mass_centre_xy() if self.kind == "dir" else self._gather("qpos")[:, 0]
+        if self.pool is None:
+            self._step_block(range(self.num_envs), actions)
+        else:
+            list(self.pool.map(self._step_block, self.blocks, [actions] * len(self.blocks)))
+        obs, cfrc_ext = self._observe()
+        qpos = self._gather("qpos")
+        if self.kind == "goal":  # the AntGoal reward (AntGoalEnv), with Ant-v5's control and contact costs
+            ctrl_cost = 0.01 * np.square(actions).sum(axis=1)
+            contact_cost = 5e-4 * np.square(np.clip(cfrc_ext, -1.0, 1.0)).sum(axis=(1, 2))
+            rewards = goal_reward(qpos[:, :2], self.tasks, self.env_id == "AntGoalPartial") - ctrl_cost - contact_cost
+        elif self.kind == "dir":  # the HumanoidDir reward (HumanoidDirEnv), with Humanoid-v5's costs
+            velocity = (self._mass_centre_xy() - before) / self.dt
+            forward = (self.tasks * velocity).sum(axis=1)
+            if self.env_id == "HumanoidDirSparse":
+                aligned = forward >= SPARSE_COS * np.linalg.norm(self.tasks, axis=1) * np.linalg.norm(velocity, axis=1)
+                forward = np.where(aligned, forward, 0.0)
+            ctrl_cost = 0.1 * np.square(self._gather("ctrl")).sum(axis=1)
+            contact_cost = np.clip(5e-7 * np.square(cfrc_ext).sum(axis=(1, 2)), -np.inf, 10.0)
+            rewards = forward - ctrl_cost - contact_cost
+        else:  # the rand-params reward (RandParamsEnv)
+            alive_bonus = 1.0 if self.env_id == "HopperRandParams" else 0.0
+            rewards = (qpos[:, 0] - before) / self.dt + alive_bonus - 1e-3 * np.square(actions).sum(axis=1)
+        next_state = obs.astype(np.float32)
+        info = self._info(qpos[:, :2].copy(), next_state=next_state)
+        self._t += 1
+        truncated = self._t == self.trial_length
+        episode_start = self._t % self.episode_length == 0 and not truncated
+        if episode_start:  # the next inner episode starts from a reset robot, in the same task
+            for i in range(self.num_envs):
+                self._reset_slot(i)
+            obs = self._observe()[0]
+        n = self.num_envs
+        info["episode_index"] = np.full(n, min(self._t // self.episode_length, self.num_episodes - 1))
+        info["episode_start"] = np.full(n, episode_start)
+        return obs.astype(np.float32), rewards, np.zeros(n, bool), np.full(n, truncated), info
+
+    def close_extras(self, **kwargs):
+        if self.pool is not None:
+            self.pool.shutdown()
+
+
 def rng_states(envs: VectorEnv) -> list:
     """Per slot, the states of its random generators (the MuJoCo ones include reset noise), for a checkpoint."""
     envs = envs.unwrapped
     if isinstance(envs, PointGoalVectorEnv):
         return [[rng.bit_generator.state] for rng in envs.rngs]
+    if isinstance(envs, MujocoVectorEnv):
+        return [[rng.bit_generator.state, sim_rng.bit_generator.state] for rng, sim_rng in zip(envs.rngs, envs.sim_rngs)]
     return list(envs.call("rng_state"))
 
 
@@ -562,13 +734,16 @@ def set_rng_states(envs: VectorEnv, states: list) -> None:
     if isinstance(envs, PointGoalVectorEnv):
         for rng, (state,) in zip(envs.rngs, states):
             rng.bit_generator.state = state
+    elif isinstance(envs, MujocoVectorEnv):
+        for rng, sim_rng, (state, sim_state) in zip(envs.rngs, envs.sim_rngs, states):
+            rng.bit_generator.state, sim_rng.bit_generator.state = state, sim_state
     else:
         envs.call("set_rng_state", states)
 
 
 def make_vector_env(env_id: str, num_envs: int, *, episode_length: int = 100,
-                    num_episodes: int = 2, seed: int = 0, asynchronous: bool = False,
-                    **kwargs) -> VectorEnv:
+                    num_episodes: int = 2, seed: int = 0, asynchronous: bool = False, native: bool = True,
+                    physics_threads: int = 2, **kwargs) -> VectorEnv:
     """``num_envs`` trial envs with autoreset disabled; sub-env i is task slot i.
 
     Per trial the caller resets all sub-envs at once, usually with
@@ -577,13 +752,17 @@ def make_vector_env(env_id: str, num_envs: int, *, episode_length: int = 100,
     meta-training task itself. After ``num_episodes * episode_length`` steps all sub-envs report
     truncated and must be reset. info holds the ``TrialEnv`` keys batched over sub-envs; use
     ``np.stack(info["next_state"])`` to get a float (num_envs, obs_dim) array for every env id.
-    PointGoal returns the native ``PointGoalVectorEnv``; other ids a Sync/AsyncVectorEnv.
+    PointGoal returns the native ``PointGoalVectorEnv``. The MuJoCo ids return the native ``MujocoVectorEnv``
+    (``physics_threads`` threads); with ``native=False`` (or ``asynchronous``) the reference path instead:
+    gymnasium's v5 envs, one ``TrialEnv`` per slot, in a Sync/AsyncVectorEnv (kwargs go to the v5 envs).
     """
     _kind(env_id)
     if env_id == "PointGoal":
         if kwargs or asynchronous:
             raise TypeError("PointGoal's native vector env takes no kwargs / asynchronous")
         return PointGoalVectorEnv(num_envs, episode_length, num_episodes, seed)
+    if native and not asynchronous and not kwargs:
+        return MujocoVectorEnv(env_id, num_envs, episode_length, num_episodes, seed, physics_threads)
     fns = [functools.partial(make_env, env_id, episode_length=episode_length,
                              num_episodes=num_episodes, seed=seed, slot=i, **kwargs)
            for i in range(num_envs)]

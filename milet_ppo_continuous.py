@@ -81,7 +81,11 @@ class Args:
     num_exploit_episodes: int = 1
     """N, exploitation episodes after the exploration episode"""
     async_envs: bool = False
-    """if toggled, step MuJoCo environments in worker processes (gymnasium AsyncVectorEnv)"""
+    """if toggled, step gymnasium's v5 MuJoCo envs in worker processes (AsyncVectorEnv; implies --gymnasium-envs)"""
+    gymnasium_envs: bool = False
+    """if toggled, step MuJoCo through gymnasium's v5 envs (the reference path) instead of the native batched env"""
+    physics_threads: int = 2
+    """threads that step the native MuJoCo vector env (2: both cores of the project's machine, see README)"""
 
     # Cluster-based variational inference (Sec. 4.1)
     num_clusters: int = 4
@@ -216,7 +220,8 @@ def check_args(args: Args) -> None:
 
 def check_trial_args(args, more_positive_flags: tuple[str, ...] = ()) -> None:
     """The checks every script of the shared protocol makes (MILET, VariBAD, RL2), after its defaults are filled."""
-    for flag in ("num_minibatches", "update_epochs", "eval_every", "episode_length", "num_exploit_episodes", *more_positive_flags):
+    for flag in ("num_minibatches", "update_epochs", "eval_every", "episode_length", "num_exploit_episodes", "physics_threads",
+                 *more_positive_flags):
         if getattr(args, flag) < 1:
             raise ValueError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
     if args.async_envs and args.env_id == "PointGoal":
@@ -233,10 +238,12 @@ def make_env(args: Args, num_envs: int, seed: int) -> gym.vector.VectorEnv:
     The policies act in [-1, 1]^A, rescaled to the env's box (Humanoid: +-0.4), as the authors' policies did."""
     envs = envs_clustered.make_vector_env(
         args.env_id, num_envs, episode_length=args.episode_length, num_episodes=1 + args.num_exploit_episodes,
-        seed=seed, asynchronous=args.async_envs,
+        seed=seed, asynchronous=args.async_envs, native=not args.gymnasium_envs, physics_threads=args.physics_threads,
     )
-    unit = np.ones(envs.single_action_space.shape, dtype=np.float32)
-    return gym.wrappers.vector.ClipAction(gym.wrappers.vector.RescaleAction(envs, -unit, unit))
+    space, unit = envs.single_action_space, np.ones(envs.single_action_space.shape, dtype=np.float32)
+    if not (np.array_equal(space.low, -unit) and np.array_equal(space.high, unit)):  # Humanoid's +-0.4
+        envs = gym.wrappers.vector.RescaleAction(envs, -unit, unit)
+    return gym.wrappers.vector.ClipAction(envs)
 
 
 def layer_init(layer, std=np.sqrt(2), bias_const=0.0):

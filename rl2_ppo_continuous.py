@@ -72,7 +72,11 @@ class Args:
     num_exploit_episodes: int = 1
     """N, episodes after the first (exploration) episode of a trial"""
     async_envs: bool = False
-    """if toggled, step MuJoCo environments in worker processes (gymnasium AsyncVectorEnv)"""
+    """if toggled, step gymnasium's v5 MuJoCo envs in worker processes (AsyncVectorEnv; implies --gymnasium-envs)"""
+    gymnasium_envs: bool = False
+    """if toggled, step MuJoCo through gymnasium's v5 envs (the reference path) instead of the native batched env"""
+    physics_threads: int = 2
+    """threads that step the native MuJoCo vector env (2: both cores of the project's machine, see README)"""
 
     # Recurrent policy
     gru_hidden_size: int = 128

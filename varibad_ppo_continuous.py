@@ -80,7 +80,11 @@ class Args:
     num_exploit_episodes: int = 1
     """N, episodes after the first of a trial"""
     async_envs: bool = False
-    """if toggled, step MuJoCo environments in worker processes (gymnasium AsyncVectorEnv)"""
+    """if toggled, step gymnasium's v5 MuJoCo envs in worker processes (AsyncVectorEnv; implies --gymnasium-envs)"""
+    gymnasium_envs: bool = False
+    """if toggled, step MuJoCo through gymnasium's v5 envs (the reference path) instead of the native batched env"""
+    physics_threads: int = 2
+    """threads that step the native MuJoCo vector env (2: both cores of the project's machine, see README)"""
 
     # The VAE (sizes as VariBAD's AntGoal config; buffer, batch and prefixes as MILET's)
     latent_dim: int = 10

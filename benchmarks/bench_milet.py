@@ -1,12 +1,14 @@
 """Speed and memory of a short milet_ppo_continuous.py run: SPS, the share of wall time spent stepping
-environments, and the peak resident memory (RSS) with the default CBVI trial buffer.
+environments, and the peak resident memory (RSS) with the default CBVI trial buffer; for a MuJoCo id, the native
+vector env and the gymnasium reference path (--gymnasium-envs) side by side, each in its own process, in one call.
 
     python benchmarks/bench_milet.py --env-id AntGoal --iterations 10
+    python benchmarks/bench_milet.py --env-id AntGoal --iterations 10 --threads 1 --physics-threads 2
     python benchmarks/bench_milet.py --env-id PointGoal --iterations 100
 
 Runs the script in this process (runpy), after wrapping the vector envs' step methods with a timer. The run
 evaluates only before and after training (--eval-every is set past the end); those two evaluations are part of
-the wall time and of the script's own SPS figure, and their env steps are counted separately.
+the wall time and of the script's own SPS figure (sps_script), but not of train_sps (frames / (wall - eval_s)).
 The buffer is allocated in full at the start (torch.zeros writes every page), so a short run already holds
 the memory of a full one.
 """
@@ -15,6 +17,7 @@ import json
 import os
 import resource
 import runpy
+import subprocess
 import sys
 import tempfile
 import time
@@ -57,7 +60,19 @@ def main():
     parser.add_argument("--env-id", default="AntGoal", choices=envs_clustered.ENV_IDS)
     parser.add_argument("--iterations", type=int, default=10, help="training iterations of 16 trials x 200 steps")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--one-path", action="store_true", help="measure only the flags given, in this process")
     args, extra = parser.parse_known_args()
+    if not args.one_path:  # both paths, each in a fresh process (peak RSS is per process)
+        paths = [("native", [])] + ([("gymnasium", ["--gymnasium-envs"])] if args.env_id != "PointGoal" else [])
+        results = {}
+        for name, flags in paths:
+            command = [sys.executable, os.path.abspath(__file__), "--one-path", *sys.argv[1:], *flags]
+            out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+            results[name] = json.loads(out.strip().splitlines()[-1])
+            print(f"{name}: {json.dumps(results[name])}", flush=True)
+        if "gymnasium" in results:
+            print(f"training SPS, native / gymnasium reference: {results['native']['train_sps'] / results['gymnasium']['train_sps']:.2f}")
+        return
     if args.threads:
         import torch
 
@@ -66,6 +81,19 @@ def main():
     remember_buffers(buffers)
     timed(gym.vector.SyncVectorEnv, totals)
     timed(envs_clustered.PointGoalVectorEnv, totals)
+    timed(envs_clustered.MujocoVectorEnv, totals)
+    import meta_test
+
+    evaluate, eval_wall = meta_test.evaluate, [0.0]
+
+    def timed_evaluate(*args, **kwargs):  # the script's two evaluations, taken out of the training SPS
+        start = time.perf_counter()
+        try:
+            return evaluate(*args, **kwargs)
+        finally:
+            eval_wall[0] += time.perf_counter() - start
+
+    meta_test.evaluate = timed_evaluate
     with tempfile.TemporaryDirectory() as runs_dir:
         sys.argv = ["milet_ppo_continuous.py", "--env-id", args.env_id, "--runs-dir", runs_dir, "--eval-every", "1000000",
                     "--total-timesteps", str(args.iterations * 16 * 200), *extra]
@@ -77,6 +105,7 @@ def main():
     train_env_time, eval_env_time = totals.get(16, 0.0), totals.get(32, 0.0)
     result = {
         "env_id": args.env_id, "frames": summary["global_step"], "wall_s": round(wall, 1), "sps_script": summary["sps"],
+        "eval_s": round(eval_wall[0], 1), "train_sps": round(summary["global_step"] / (wall - eval_wall[0])),
         "train_env_step_s": round(train_env_time, 1), "eval_env_step_s": round(eval_env_time, 1),
         "env_step_share": round((train_env_time + eval_env_time) / wall, 3),
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),  # Linux: KiB
