@@ -3,7 +3,7 @@ environments, and the peak resident memory (RSS) with the default CBVI trial buf
 vector env and the gymnasium reference path (--gymnasium-envs) side by side, each in its own process, in one call.
 
     python benchmarks/bench_milet.py --env-id AntGoal --iterations 10
-    python benchmarks/bench_milet.py --env-id AntGoal --iterations 10 --threads 1 --physics-threads 2
+    python benchmarks/bench_milet.py --env-id AntGoal --iterations 10 --torch-threads 2 --physics-threads 1
     python benchmarks/bench_milet.py --env-id PointGoal --iterations 100
 
 Runs the script in this process (runpy), after wrapping the vector envs' step methods with a timer. The run
@@ -59,7 +59,6 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--env-id", default="AntGoal", choices=envs_clustered.ENV_IDS)
     parser.add_argument("--iterations", type=int, default=10, help="training iterations of 16 trials x 200 steps")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--one-path", action="store_true", help="measure only the flags given, in this process")
     args, extra = parser.parse_known_args()
     if not args.one_path:  # both paths, each in a fresh process (peak RSS is per process)
@@ -73,10 +72,6 @@ def main():
         if "gymnasium" in results:
             print(f"training SPS, native / gymnasium reference: {results['native']['train_sps'] / results['gymnasium']['train_sps']:.2f}")
         return
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
     totals, buffers = {}, []
     remember_buffers(buffers)
     timed(gym.vector.SyncVectorEnv, totals)
