@@ -186,7 +186,7 @@ class Args:
     """the number of iterations (computed in runtime)"""
 
 
-# Per-environment defaults: the authors' configs (REFERENCE.md). A flag left unset takes its env's value.
+# Per-environment defaults: the authors' configs (docs/paper_settings.md). A flag left unset takes its env's value.
 ANT = dict(total_timesteps=50_000_000, exploit_lr=1e-4, explore_lr=1e-4, exploit_ent_coef=1e-4, explore_ent_coef=1e-3,
            clip_coef=0.05, update_epochs=2, num_minibatches=8, policy_layers=(128, 64), encoder_hidden_size=32,
            encoder_embed_sizes=(16, 32, 16), reward_decoder_layers=(64, 32), kl_weight=0.01, cat_weight=1e-3,

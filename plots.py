@@ -115,6 +115,13 @@ def _mean_band(ax, x, rows, label, colour=None):
     return mean
 
 
+def _reference_line(ax, runs: list[Run], key: str, label: str, colour: str, record_index: int = -1) -> None:
+    """A dashed horizontal line at a reference that every run logged (its mean over the runs), if they all did."""
+    values = [final_record(run, record_index)[key] for run in runs if key in final_record(run, record_index)]
+    if values and len(values) == len(runs):
+        ax.axhline(float(np.mean(values)), ls="--", lw=1.2, color=colour, label=label)
+
+
 def plot_curves(runs: list[Run], group_by: str = "exp_name"):
     """Fig. 2/4: test return per episode of the trial against frames, and NMI at the end of exploration."""
     groups = group_runs(runs, group_by)
@@ -133,7 +140,12 @@ def plot_curves(runs: list[Run], group_by: str = "exp_name"):
         for ax, key in zip(axes[0], keys + ["nmi_end_of_exploration"]):
             if all(key in runs_at[s] for runs_at in by_step for s in steps):  # methods without clusters log no NMI
                 _mean_band(ax, steps, [[runs_at[s][key] for s in steps] for runs_at in by_step], name, f"C{group_index % 10}")
-    for k, ax in enumerate(axes[0]):
+    for k, ax in enumerate(axes[0]):  # references: the oracle and the untrained policy (iteration 0), the NMI ceiling
+        if k < len(keys):
+            _reference_line(ax, runs, f"oracle_{keys[k]}", "oracle (knows the goal)", "k")
+            _reference_line(ax, runs, keys[k], "untrained policy", "0.5", record_index=0)
+        else:
+            _reference_line(ax, runs, "nmi_ceiling", "ceiling (nearest centre of the true tasks)", "k")
         title = "NMI at the end of the exploration episode" if k == len(keys) else (
             f"episode {k + 1} ({'exploration' if k == 0 else 'exploitation'})")
         ax.set(title=title, xlabel="environment frames", ylabel="NMI" if k == len(keys) else "test return")
@@ -183,6 +195,7 @@ def plot_nmi(runs: list[Run], group_by: str = "exp_name", record_index: int = -1
         if len({len(r) for r in rows}) > 1:
             raise PlotError(f"group {name}: runs with different episode lengths")
         _mean_band(ax, np.arange(1, len(rows[0]) + 1), rows, name)
+    _reference_line(ax, runs, "nmi_ceiling", "ceiling (nearest centre of the true tasks)", "k", record_index)
     ax.set(xlabel="time step t of the exploration episode", ylabel="NMI", ylim=(-0.02, 1.02),
            title=f"{runs[0].env_id}: cluster inference on the test tasks")
     ax.grid(alpha=0.3)
@@ -233,17 +246,21 @@ def plot_schedules(horizon: int = 100, **params):
 
 
 def results_table(runs: list[Run], group_by: str = "exp_name", record_index: int = -1) -> str:
-    """Markdown: one row per (env, group), final test returns and NMI as mean +- std over its runs."""
+    """Markdown: one row per (env, group), final test returns and NMI as mean +- std over its runs; the NMI also as a
+    fraction of its ceiling (the best any clustering of the true test tasks reaches), where the runs logged it."""
     keys = _episode_keys(runs)
     lines = ["| Environment | Group | Runs | " + " | ".join(f"Episode {k.split('_')[-1]} return" for k in keys)
-             + " | NMI (end of exploration) |", "|---" * (len(keys) + 4) + "|"]
+             + " | NMI (end of exploration) | NMI / ceiling |", "|---" * (len(keys) + 5) + "|"]
     for env_id in sorted({run.env_id for run in runs}):
         for name, members in group_runs([r for r in runs if r.env_id == env_id], group_by).items():
             finals = [final_record(run, record_index) for run in members]
             cells = [f"{np.mean([f[k] for f in finals]):.1f} ± {np.std([f[k] for f in finals]):.1f}" for k in keys]
             nmi = [f["nmi_end_of_exploration"] for f in finals if "nmi_end_of_exploration" in f]
             nmi_cell = f"{np.mean(nmi):.3f} ± {np.std(nmi):.3f}" if len(nmi) == len(finals) else "n/a (no clusters)"
-            lines.append(f"| {env_id} | {name} | {len(members)} | " + " | ".join(cells) + f" | {nmi_cell} |")
+            ceilings = [f["nmi_ceiling"] for f in finals if "nmi_ceiling" in f]
+            fraction = (f"{np.mean(np.divide(nmi, ceilings)):.2f} (ceiling {ceilings[0]:.3f})"
+                        if len(nmi) == len(ceilings) == len(finals) else "n/a")
+            lines.append(f"| {env_id} | {name} | {len(members)} | " + " | ".join(cells) + f" | {nmi_cell} | {fraction} |")
     return "\n".join(lines)
 
 

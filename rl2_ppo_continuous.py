@@ -123,7 +123,7 @@ class Args:
 
 # Unset flags: PointGoal takes the epochs, minibatches and clip of MILET's quick preset, but keeps RL2's lr 3e-4 (declared
 # in the README: the learning check was calibrated with it); other envs the RL2 settings of VariBAD's
-# AntGoal config (REFERENCE.md). Every env keeps MILET's frame budget, so that all methods get the same frames.
+# AntGoal config (docs/paper_settings.md). Every env keeps MILET's frame budget, so that all methods get the same frames.
 POINTGOAL = dict(num_minibatches=4, update_epochs=4, clip_coef=0.2, ent_coef=1e-3)
 RL2 = dict(num_minibatches=1, update_epochs=2, clip_coef=0.05, ent_coef=0.01)
 

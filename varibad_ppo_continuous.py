@@ -116,7 +116,7 @@ class Args:
 
     # PPO
     learning_rate: float = 1e-3
-    """policy learning rate (VariBAD's AntGoal config as REFERENCE.md gives it, and MILET's PointGoal preset)"""
+    """policy learning rate (VariBAD's AntGoal config as docs/paper_settings.md gives it, and MILET's PointGoal preset)"""
     anneal_lr: bool = True
     """toggle learning rate annealing"""
     policy_layers: tuple[int, ...] = (128, 128)
@@ -150,7 +150,7 @@ class Args:
 
 
 # Unset flags: PointGoal takes MILET's quick preset (milet_ppo_continuous.ENV_DEFAULTS); other envs the settings of
-# VariBAD's AntGoal config (REFERENCE.md). Every env keeps MILET's frame budget, so that all methods get the same frames.
+# VariBAD's AntGoal config (docs/paper_settings.md). Every env keeps MILET's frame budget, so that all methods get the same frames.
 POINTGOAL = dict(vae_updates=4, num_minibatches=4, update_epochs=4, clip_coef=0.2, ent_coef=1e-3)
 VARIBAD = dict(vae_updates=1, num_minibatches=1, update_epochs=2, clip_coef=0.05, ent_coef=0.01)
 

@@ -311,3 +311,37 @@ def test_native_mujoco_vector_env_matches_gymnasium(env_id):
     E.set_rng_states(native, saved)
     again = [native.reset()[0], *(native.step(np.zeros((n, len(low)), np.float32))[0] for _ in range(h + 1))]
     np.testing.assert_array_equal(np.stack(first), np.stack(again))
+
+
+def test_nmi_ceiling_and_point_goal_oracle_references():
+    """The best NMI of a clustering of the true seed-0 test tasks: 0.594 where clusters overlap (8 of 32 goals lie
+    nearer another centre), 1.0 where the scaled group names the cluster; the analytic PointGoal oracle: -19.0."""
+    for env_id in E.ENV_IDS:
+        split = E.make_task_split(env_id, seed=0)
+        overlapping = E._kind(env_id) != "params" and env_id != "AntU"
+        assert round(E.nmi_ceiling(split), 3) == (0.594 if overlapping else 1.0)
+    split = E.make_task_split("PointGoal", seed=0)
+    nearest = np.array([E.infer_cluster("PointGoal", task) for task in split.test_tasks])
+    assert (nearest != split.test_clusters).sum() == 8
+    oracle = E.point_goal_oracle_returns(split.test_tasks, 100, 2)
+    assert oracle[0] == oracle[1] and round(oracle[0], 1) == -19.0
+    still = np.mean([E.goal_reward(np.zeros(2), g) * 100 for g in split.test_tasks])  # the untrained policy
+    assert round(still, 1) == -258.9 and oracle[0] > still
+
+
+def test_humanoid_policy_acts_in_unit_box_rescaled_to_the_env():
+    """The policies act in [-1, 1] and the training script's make_env rescales to Humanoid's +-0.4 box (the authors'
+    policies did the same); without it, std-1 Gaussian actions clipped to +-0.4 saturate 69% of the components."""
+    import milet_ppo_continuous as milet
+    args = milet.Args(env_id="HumanoidDir", num_envs=2, num_minibatches=1, episode_length=3)
+    milet.check_args(args)
+    envs = milet.make_env(args, 2, seed=0)
+    unit_box = envs.env.single_action_space  # ClipAction (outer) takes any action, RescaleAction maps [-1, 1]
+    assert (unit_box.low == -1).all() and (unit_box.high == 1).all()
+    assert envs.unwrapped.single_action_space.high.max() == np.float32(0.4)
+    to_env = lambda a: envs.env.actions(envs.actions(a))  # noqa: E731  what the env receives: clip, then rescale
+    np.testing.assert_allclose(to_env(np.full((2, 17), 0.5, np.float32)), 0.2, rtol=1e-6)
+    np.testing.assert_allclose(to_env(np.full((2, 17), 3.0, np.float32)), 0.4, rtol=1e-6)  # clipped at 1 first
+    ant = milet.Args(env_id="AntGoal")
+    milet.check_args(ant)
+    assert not isinstance(milet.make_env(ant, 2, seed=0).env, gym.wrappers.vector.RescaleAction)  # already [-1, 1]

@@ -65,6 +65,15 @@ def test_every_env_runs_two_iterations_end_to_end(tmp_path, env_id):
     assert ("exploration_xy" in records[-1]) == ("RandParams" not in env_id)
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(run_dir))
     assert json.load(open(os.path.join(run_dir, "args.json"))) == summary["args"]
+    # the references beside the figures: NMI ceiling of the seed-0 test tasks, and PointGoal's analytic oracle
+    expected_ceiling = 1.0 if env_id in ("AntU", "HopperRandParams", "WalkerRandParams") else 0.594
+    assert round(summary["nmi_ceiling"], 3) == expected_ceiling
+    assert all(round(r["nmi_ceiling"], 3) == expected_ceiling for r in records)
+    if env_id == "PointGoal":  # episodes of 5 steps here; -19.0 per 100-step episode in the default run
+        oracle = envs_clustered.point_goal_oracle_returns(envs_clustered.make_task_split(env_id).test_tasks, 5, 2)
+        assert summary["oracle_return_episode_1"] == summary["oracle_return_episode_2"] == oracle[0]
+    else:
+        assert not any(key.startswith("oracle_") for key in summary)
 
 
 def test_per_env_defaults_fill_only_the_flags_left_unset():

@@ -43,6 +43,17 @@ def test_curves_plot_the_mean_over_seeds_of_what_was_logged(runs, tmp_path):
         np.testing.assert_allclose(milet_line.get_xdata(), [r["global_step"] for r in seeds[0]])
         np.testing.assert_allclose(milet_line.get_ydata(), np.mean([[r[key] for r in s] for s in seeds], axis=0))
         assert any(line.get_label().startswith("ablation (n=1)") for line in ax.lines)
+    # the references, dashed: PointGoal's oracle and the untrained policy beside the returns, the ceiling beside NMI
+    last, untrained = seeds[0][-1], records(runs["ablation"])[0]  # iteration 0 of all three runs: their mean
+    untrained = [np.mean([r[0][f"return_episode_{k}"] for r in (*seeds, [untrained])]) for k in (1, 2)]
+    for ax, references in zip(axes, [{"oracle (knows the goal)": last["oracle_return_episode_1"],
+                                      "untrained policy": untrained[0]},
+                                     {"oracle (knows the goal)": last["oracle_return_episode_2"],
+                                      "untrained policy": untrained[1]},
+                                     {"ceiling (nearest centre of the true tasks)": last["nmi_ceiling"]}]):
+        for label, value in references.items():
+            (line,) = [line for line in ax.lines if line.get_label() == label]
+            assert line.get_linestyle() == "--" and np.allclose(line.get_ydata(), value)
 
 
 def test_traces_show_the_logged_xy_and_clusters(runs):
@@ -96,6 +107,8 @@ def test_table_numbers_match_a_computation_of_their_own(runs):
     assert f"{np.mean(ep2):.1f} ± {np.std(ep2):.1f}" in row
     assert f"{np.mean(nmi):.3f} ± {np.std(nmi):.3f}" in row
     assert "| 2 |" in row
+    ceiling = finals[0]["nmi_ceiling"]
+    assert f"| {np.mean(np.divide(nmi, ceiling)):.2f} (ceiling {ceiling:.3f}) |" in row
     assert any(line.startswith("| HopperRandParams |") for line in table.splitlines())
 
 
