@@ -57,6 +57,10 @@ class Args:
     """if toggled, save a checkpoint (runs/<run_name>/rl2.pt) at every evaluation"""
     eval_every: int = 25
     """meta-test evaluation every this many iterations (and before training and at the end)"""
+    checkpoint_every: int = 100
+    """write runs/<run_name>/resume.pt (everything --resume needs) every this many iterations"""
+    resume: Optional[str] = None
+    """continue the run in this folder (runs/<run_name>) from its resume.pt, with the run's own flags"""
 
     # Environment and trials, as MILET
     env_id: str = "PointGoal"
@@ -136,7 +140,7 @@ def check_args(args: Args) -> None:
     for name, value in dict(defaults, total_timesteps=ENV_DEFAULTS[args.env_id]["total_timesteps"]).items():
         if getattr(args, name) is None:
             setattr(args, name, value)
-    check_trial_args(args)
+    check_trial_args(args, ("checkpoint_every",))
 
 
 class RL2Agent(nn.Module):
@@ -205,13 +209,28 @@ def evaluate(args: Args, agent, obs_rms, eval_envs, split, device) -> dict:
 
 if __name__ == "__main__":
     args = tyro.cli(Args)
+    resumed = None  # --resume: the checkpoint's state, restored once everything is built
+    if args.resume is not None:
+        resume_path = os.path.join(args.resume, "resume.pt")
+        changed = [f"--{k.replace('_', '-')}" for k, v in vars(args).items() if k != "resume" and v != getattr(Args(), k)]
+        if changed or not os.path.isfile(resume_path):
+            sys.exit(f"rl2_ppo_continuous.py: error: --resume takes the run's own flags, drop {' '.join(changed)}" if changed
+                     else f"rl2_ppo_continuous.py: error: no resume.pt in {args.resume}")
+        resumed = torch.load(resume_path, weights_only=False)
+        resumed["args"]["resume"] = args.resume
+        args = Args(**{k: tuple(v) if isinstance(v, list) else v for k, v in resumed["args"].items()})
     try:
         check_args(args)
     except ValueError as error:
         sys.exit(f"rl2_ppo_continuous.py: error: {error}")
     args.trial_length = (1 + args.num_exploit_episodes) * args.episode_length
     args.num_iterations = args.total_timesteps // (args.num_envs * args.trial_length)
-    run_dir, writer = meta_test.start_run(args)  # runs/<env_id>__<exp_name>__<seed>__<time>/, args.json
+    if resumed is None:
+        run_dir, writer = meta_test.start_run(args)  # runs/<env_id>__<exp_name>__<seed>__<time>/, args.json
+        eval_lines = []
+    else:  # the same folder: evaluations after the checkpoint are dropped, tensorboard purges its later events
+        run_dir = args.resume
+        writer, eval_lines, record = meta_test.resume_run(run_dir, resumed["iteration"], resumed["global_step"])
 
     # TRY NOT TO MODIFY: seeding
     random.seed(args.seed)
@@ -237,9 +256,23 @@ if __name__ == "__main__":
     actions = torch.zeros((T, B, action_dim), device=device)
     logprobs, values, rewards = (torch.zeros((T, B), device=device) for _ in range(3))
 
-    global_step, start_time, eval_lines = 0, time.time(), []
+    # Everything a checkpoint must hold so that --resume continues exactly as an uninterrupted run (CPU, same threads)
+    start_iteration, global_step = 0, 0
+    if resumed is not None:
+        agent.load_state_dict(resumed["agent"])
+        optimizer.load_state_dict(resumed["optimizer"])
+        (obs_rms.mean, obs_rms.var, obs_rms.count), (return_rms.mean, return_rms.var, return_rms.count) = resumed["rms"]
+        random.setstate(resumed["rng"]["python"])
+        np.random.set_state(resumed["rng"]["numpy"])
+        torch.set_rng_state(resumed["rng"]["torch"])
+        task_rng.bit_generator.state = resumed["rng"]["tasks"]
+        envs_clustered.set_rng_states(envs, resumed["rng"]["envs"])
+        start_iteration, global_step = resumed["iteration"] + 1, resumed["global_step"]
+    start_step, start_time, sps = global_step, time.time(), 0
+    resume_path = os.path.join(run_dir, "resume.pt")
     value_loss_fn = F.smooth_l1_loss if args.huber_value_loss else F.mse_loss
-    progress = tqdm(range(0, args.num_iterations + 1), desc=f"RL2 {args.env_id}", unit="it")
+    progress = tqdm(range(start_iteration, args.num_iterations + 1), desc=f"RL2 {args.env_id}", unit="it",
+                    initial=start_iteration, total=args.num_iterations + 1)
     try:
         for iteration in progress:
             if iteration > 0:
@@ -307,7 +340,7 @@ if __name__ == "__main__":
                 for episode in range(1 + args.num_exploit_episodes):
                     train_return = rewards[episode * args.episode_length: (episode + 1) * args.episode_length].sum(0).mean()
                     writer.add_scalar(f"charts/return_episode_{episode + 1}", train_return.item(), global_step)
-                writer.add_scalar("charts/SPS", int(global_step / (time.time() - start_time)), global_step)
+                writer.add_scalar("charts/SPS", int((global_step - start_step) / (time.time() - start_time)), global_step)
 
             # meta-test evaluation before training, every eval_every iterations and at the end
             if iteration % args.eval_every == 0 or iteration == args.num_iterations:
@@ -318,7 +351,15 @@ if __name__ == "__main__":
                     torch.save({"args": vars(args), "agent": agent.state_dict(), "iteration": iteration,
                                 "obs_rms": (obs_rms.mean, obs_rms.var, obs_rms.count)}, os.path.join(run_dir, "rl2.pt.tmp"))
                     os.replace(os.path.join(run_dir, "rl2.pt.tmp"), os.path.join(run_dir, "rl2.pt"))
-            sps = int(global_step / (time.time() - start_time))
+            if iteration > 0 and (iteration % args.checkpoint_every == 0 or iteration == args.num_iterations):
+                torch.save({"args": vars(args), "iteration": iteration, "global_step": global_step,
+                            "agent": agent.state_dict(), "optimizer": optimizer.state_dict(),
+                            "rms": [(rms.mean, rms.var, rms.count) for rms in (obs_rms, return_rms)],
+                            "rng": {"python": random.getstate(), "numpy": np.random.get_state(),
+                                    "torch": torch.get_rng_state(), "tasks": task_rng.bit_generator.state,
+                                    "envs": envs_clustered.rng_states(envs)}}, resume_path + ".tmp")
+                os.replace(resume_path + ".tmp", resume_path)  # an interruption leaves the previous checkpoint whole
+            sps = int((global_step - start_step) / max(time.time() - start_time, 1e-9))
             progress.set_postfix(SPS=sps, eval_return_2=round(record["return_episode_2"], 1))
     except FloatingPointError as error:
         writer.close()
