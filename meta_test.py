@@ -13,10 +13,13 @@ evaluated by this one function, so the protocol is the same for all three (Sec. 
 Each method supplies two callables: `act(obs, step) -> action` and `observe(action, next_state, reward, step)
 -> cluster_probs or None`, which update its own recurrent state. `start_run` makes the run folder, args.json and the
 tensorboard writer; `write_atomic` writes eval.jsonl, summary.json and args.json so that an interrupted run never
-leaves half a file.
+leaves half a file. `load_resume`, `random_state`, `restore_random_state`, `torch_save_atomic` and `resume_run` are what
+--resume needs in every script: the checkpoint, every random generator, and the run folder reopened.
 """
 import json
 import os
+import random
+import sys
 import time
 from typing import Callable, Optional
 
@@ -90,6 +93,41 @@ def start_run(args):
     write_atomic(os.path.join(run_dir, "args.json"), json.dumps(vars(args), indent=1))
     writer.add_text("hyperparameters", "|param|value|\n|-|-|\n%s" % "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
     return run_dir, writer
+
+
+def load_resume(args):
+    """--resume: (the checkpoint, the run's own args). The run keeps its own flags: giving another is an error."""
+    script, path = os.path.basename(sys.argv[0]), os.path.join(args.resume, "resume.pt")
+    defaults = type(args)()
+    changed = [f"--{k.replace('_', '-')}" for k, v in vars(args).items() if k != "resume" and v != getattr(defaults, k)]
+    if changed:
+        sys.exit(f"{script}: error: --resume takes the run's own flags, drop {' '.join(changed)}")
+    if not os.path.isfile(path):
+        sys.exit(f"{script}: error: no resume.pt in {args.resume}")
+    state = torch.load(path, weights_only=False)
+    state["args"]["resume"] = args.resume
+    return state, type(args)(**{k: tuple(v) if isinstance(v, list) else v for k, v in state["args"].items()})
+
+
+def random_state(task_rng, envs) -> dict:
+    """Every random generator a training run draws from, for resume.pt: Python's, numpy's, torch's, the task
+    sampler's and each environment slot's (task draws and reset noise)."""
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+            "tasks": task_rng.bit_generator.state, "envs": envs_clustered.rng_states(envs)}
+
+
+def restore_random_state(state: dict, task_rng, envs) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    task_rng.bit_generator.state = state["tasks"]
+    envs_clustered.set_rng_states(envs, state["envs"])
+
+
+def torch_save_atomic(path: str, state: dict) -> None:
+    """torch.save via a temporary file and a rename: an interruption leaves the previous checkpoint whole."""
+    torch.save(state, path + ".tmp")
+    os.replace(path + ".tmp", path)
 
 
 def resume_run(run_dir: str, iteration: int, global_step: int):

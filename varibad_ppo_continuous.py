@@ -259,14 +259,7 @@ if __name__ == "__main__":
     args = tyro.cli(Args)
     resumed = None  # --resume: the checkpoint's state, restored once everything is built
     if args.resume is not None:
-        resume_path = os.path.join(args.resume, "resume.pt")
-        changed = [f"--{k.replace('_', '-')}" for k, v in vars(args).items() if k != "resume" and v != getattr(Args(), k)]
-        if changed or not os.path.isfile(resume_path):
-            sys.exit(f"varibad_ppo_continuous.py: error: --resume takes the run's own flags, drop {' '.join(changed)}" if changed
-                     else f"varibad_ppo_continuous.py: error: no resume.pt in {args.resume}")
-        resumed = torch.load(resume_path, weights_only=False)
-        resumed["args"]["resume"] = args.resume
-        args = Args(**{k: tuple(v) if isinstance(v, list) else v for k, v in resumed["args"].items()})
+        resumed, args = meta_test.load_resume(args)
     try:
         check_args(args)
     except ValueError as error:
@@ -317,11 +310,7 @@ if __name__ == "__main__":
         for name, obj in stateful.items():
             obj.load_state_dict(resumed[name])
         (obs_rms.mean, obs_rms.var, obs_rms.count), (return_rms.mean, return_rms.var, return_rms.count) = resumed["rms"]
-        random.setstate(resumed["rng"]["python"])
-        np.random.set_state(resumed["rng"]["numpy"])
-        torch.set_rng_state(resumed["rng"]["torch"])
-        task_rng.bit_generator.state = resumed["rng"]["tasks"]
-        envs_clustered.set_rng_states(envs, resumed["rng"]["envs"])
+        meta_test.restore_random_state(resumed["rng"], task_rng, envs)
         start_iteration, global_step = resumed["iteration"] + 1, resumed["global_step"]
     start_step, start_time, sps = global_step, time.time(), 0
     resume_path = os.path.join(run_dir, "resume.pt")
@@ -388,17 +377,13 @@ if __name__ == "__main__":
                           **evaluate(args, vae, agent, obs_rms, eval_envs, split, device)}
                 meta_test.log_evaluation(writer, run_dir, eval_lines, record)
                 if args.save_model:
-                    torch.save({"args": vars(args), "vae": vae.state_dict(), "agent": agent.state_dict(), "iteration": iteration,
-                                "obs_rms": (obs_rms.mean, obs_rms.var, obs_rms.count)}, os.path.join(run_dir, "varibad.pt.tmp"))
-                    os.replace(os.path.join(run_dir, "varibad.pt.tmp"), os.path.join(run_dir, "varibad.pt"))
+                    meta_test.torch_save_atomic(os.path.join(run_dir, "varibad.pt"), {"args": vars(args), "vae": vae.state_dict(), "agent": agent.state_dict(), "iteration": iteration,
+                                                "obs_rms": (obs_rms.mean, obs_rms.var, obs_rms.count)})
             if iteration > 0 and (iteration % args.checkpoint_every == 0 or iteration == args.num_iterations):
-                torch.save({"args": vars(args), "iteration": iteration, "global_step": global_step,
+                meta_test.torch_save_atomic(resume_path, {"args": vars(args), "iteration": iteration, "global_step": global_step,
                             **{name: obj.state_dict() for name, obj in stateful.items()},
                             "rms": [(rms.mean, rms.var, rms.count) for rms in (obs_rms, return_rms)],
-                            "rng": {"python": random.getstate(), "numpy": np.random.get_state(),
-                                    "torch": torch.get_rng_state(), "tasks": task_rng.bit_generator.state,
-                                    "envs": envs_clustered.rng_states(envs)}}, resume_path + ".tmp")
-                os.replace(resume_path + ".tmp", resume_path)  # an interruption leaves the previous checkpoint whole
+                            "rng": meta_test.random_state(task_rng, envs)})
             sps = int((global_step - start_step) / max(time.time() - start_time, 1e-9))
             progress.set_postfix(SPS=sps, eval_return_2=round(record["return_episode_2"], 1))
     except FloatingPointError as error:
