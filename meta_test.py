@@ -1,4 +1,4 @@
-"""Meta-test evaluation (the paper's Algorithm 2) and the run files, shared by the three training scripts.
+"""The shared protocol: meta-test evaluation (the paper's Algorithm 2), input checks and run files of every script.
 
 MILET (milet_ppo_continuous.py), VariBAD (varibad_ppo_continuous.py) and RL2 (rl2_ppo_continuous.py) are
 evaluated by this one function, so the protocol is the same for all three (Sec. 5):
@@ -11,11 +11,18 @@ evaluated by this one function, so the protocol is the same for all three (Sec. 
     exploration episode (Fig. 3c). A method without clusters returns no cluster probabilities: NMI is omitted.
 
 Each method supplies two callables: `act(obs, step) -> action` and `observe(action, next_state, reward, step)
--> cluster_probs or None`, which update its own recurrent state. `start_run` makes the run folder, args.json and the
-tensorboard writer; `write_atomic` writes eval.jsonl, summary.json and args.json so that an interrupted run never
-leaves half a file. `load_resume`, `random_state`, `restore_random_state`, `torch_save_atomic` and `resume_run` are what
---resume needs in every script: the checkpoint, every random generator, and the run folder reopened.
+-> cluster_probs or None`, which update its own recurrent state.
+
+What else every script shares, and nothing of any algorithm:
+  * `TOTAL_TIMESTEPS`, the frame budget per env, so that all methods get the same frames;
+  * the input checks, each stopping with one clear line: `peek_env_id`, `check_trial_args`, `check_finite`
+    (NaN losses) and `exit_with_error`;
+  * the run files: `start_run` (run folder, args.json, tensorboard), `log_evaluation` (eval.jsonl), `summary`,
+    and `write_atomic` / `torch_save_atomic`, so that an interruption never leaves half a file;
+  * what --resume needs: `load_resume`, `random_state`, `restore_random_state` and `resume_run`.
 """
+import argparse
+import atexit
 import json
 import os
 import random
@@ -30,6 +37,10 @@ from torch.utils.tensorboard import SummaryWriter
 
 import envs_clustered
 
+# The frame budget per env, the paper's (docs/paper_settings.md) except PointGoal, ours; the same for every method.
+TOTAL_TIMESTEPS = {"PointGoal": 2_000_000, "AntGoal": 50_000_000, "AntGoalPartial": 50_000_000, "AntU": 50_000_000,
+                   "HumanoidDir": 30_000_000, "HumanoidDirSparse": 30_000_000, "HopperRandParams": 10_000_000,
+                   "WalkerRandParams": 10_000_000}
 SUMMARY_KEYS = ("nmi_end_of_exploration", "nmi_per_step", "nmi_ceiling", "test_clusters_true", "test_clusters_pred")
 
 
@@ -47,7 +58,8 @@ def evaluate(eval_envs, split, seed: int, num_episodes: int, episode_length: int
         action = act(obs, step)
         obs, reward, _, _, info = eval_envs.step(action.cpu().numpy())
         next_state = torch.as_tensor(np.stack(info["next_state"]), dtype=torch.float32, device=action.device)
-        cluster_probs = observe(action, next_state, torch.as_tensor(reward, dtype=torch.float32, device=action.device), step)
+        reward_tensor = torch.as_tensor(reward, dtype=torch.float32, device=action.device)
+        cluster_probs = observe(action, next_state, reward_tensor, step)
         episode_returns[episode] += reward
         if episode == 0:
             if cluster_probs is not None:
@@ -58,7 +70,8 @@ def evaluate(eval_envs, split, seed: int, num_episodes: int, episode_length: int
     if split.env_id == "PointGoal":
         oracle = envs_clustered.point_goal_oracle_returns(split.test_tasks, episode_length, num_episodes)
         result.update({f"oracle_return_episode_{k + 1}": float(oracle[k]) for k in range(num_episodes)})
-    result.update(test_clusters_true=split.test_clusters.tolist(), test_returns_per_task=np.round(episode_returns, 3).tolist())
+    result.update(test_clusters_true=split.test_clusters.tolist(),
+                  test_returns_per_task=np.round(episode_returns, 3).tolist())
     if predicted_clusters:
         # NMI(true cluster, argmax q(c | tau_:t)) after every step t = 1..H of the exploration episode (Fig. 3c)
         nmi_per_step = [float(normalized_mutual_info_score(split.test_clusters, pred)) for pred in predicted_clusters]
@@ -72,6 +85,47 @@ def evaluate(eval_envs, split, seed: int, num_episodes: int, episode_length: int
     return result
 
 
+def exit_with_error(message: str) -> None:
+    """Stop with one line naming the script, as argparse does; files written so far stay whole (written atomically)."""
+    sys.exit(f"{os.path.basename(sys.argv[0])}: error: {message}")
+
+
+def peek_env_id(argv: Optional[list], env_defaults: dict) -> str:
+    """--env-id from the command line (PointGoal if absent), read before tyro so that tyro can parse the other flags
+    on top of that env's row of defaults. An unknown id stops here with the list of valid ones."""
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    parser.add_argument("--env-id", "--env_id", default="PointGoal")
+    env_id = parser.parse_known_args(sys.argv[1:] if argv is None else argv)[0].env_id
+    if env_id not in env_defaults:
+        exit_with_error(f"unknown --env-id {env_id!r}; valid ids: {', '.join(env_defaults)}")
+    return env_id
+
+
+def check_trial_args(args, more_positive_flags: tuple = ()) -> None:
+    """The checks every script of the shared protocol makes (MILET, VariBAD, RL2) on its settings."""
+    for flag in ("num_minibatches", "update_epochs", "eval_every", "episode_length", "num_exploit_episodes",
+                 "physics_threads", "torch_threads", *more_positive_flags):
+        if getattr(args, flag) < 1:
+            exit_with_error(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
+    if args.async_envs and args.env_id == "PointGoal":
+        exit_with_error("--async-envs is for the MuJoCo envs; PointGoal is already one batched numpy env")
+    if args.num_envs < 1 or args.num_envs % args.num_minibatches:
+        exit_with_error(f"--num-envs ({args.num_envs}) must be a positive multiple of "
+                        f"--num-minibatches ({args.num_minibatches})")
+    one_iteration = args.num_envs * (1 + args.num_exploit_episodes) * args.episode_length
+    if args.total_timesteps < one_iteration:
+        exit_with_error(f"--total-timesteps ({args.total_timesteps}) is below one iteration ({one_iteration} frames)")
+
+
+def check_finite(losses: dict, iteration: int) -> None:
+    """Stop at the first NaN or infinite loss term, naming it. The run's files stay whole (eval.jsonl, args.json and
+    checkpoints are written atomically; the tensorboard writer is closed at exit)."""
+    for name, value in losses.items():
+        if not torch.isfinite(value).all():
+            exit_with_error(f"loss term '{name}' is {value.item()} at iteration {iteration}; stopping "
+                        "(the logs and any --save-model checkpoint written so far are kept)")
+
+
 def summary(args, global_step: int, sps: int, record: dict) -> dict:
     """summary.json: the run, its final test returns and, where the method infers clusters, the NMI figures."""
     return {"env_id": args.env_id, "seed": args.seed, "global_step": global_step, "sps": sps,
@@ -81,7 +135,7 @@ def summary(args, global_step: int, sps: int, record: dict) -> dict:
 
 
 def start_run(args):
-    """Create runs/<env_id>__<exp_name>__<seed>__<time>/ with args.json and a tensorboard writer (wandb with --track)."""
+    """Create runs/<env_id>__<exp_name>__<seed>__<time>/ with args.json and a tensorboard writer (wandb: --track)."""
     run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
     run_dir = os.path.join(args.runs_dir, run_name)
     if args.track:
@@ -90,8 +144,10 @@ def start_run(args):
         wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True,
                    config=vars(args), name=run_name, save_code=True)
     writer = SummaryWriter(run_dir)
+    atexit.register(writer.close)  # flush the events however the run ends (a NaN loss stops it with sys.exit)
     write_atomic(os.path.join(run_dir, "args.json"), json.dumps(vars(args), indent=1))
-    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n%s" % "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
+    table = "\n".join(f"|{k}|{v}|" for k, v in vars(args).items())
+    writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n{table}")
     return run_dir, writer
 
 
@@ -137,7 +193,9 @@ def resume_run(run_dir: str, iteration: int, global_step: int):
     records = [json.loads(line) for line in open(os.path.join(run_dir, "eval.jsonl"))]
     eval_lines = [json.dumps(r) + "\n" for r in records if r["iteration"] <= iteration]
     write_atomic(os.path.join(run_dir, "eval.jsonl"), "".join(eval_lines))
-    return SummaryWriter(run_dir, purge_step=global_step + 1), eval_lines, json.loads(eval_lines[-1])
+    writer = SummaryWriter(run_dir, purge_step=global_step + 1)
+    atexit.register(writer.close)
+    return writer, eval_lines, json.loads(eval_lines[-1])
 
 
 def write_atomic(path: str, text: str) -> None:

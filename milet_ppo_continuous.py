@@ -1,18 +1,19 @@
 """MILET with PPO for continuous actions: the whole meta-training loop in one file (CleanRL style).
 
 Paper: "Unravel Structured Heterogeneity of Tasks in Meta-RL via Exploratory Clustering" (MILET).
-Read it next to the paper's Algorithm 1 (meta-train) and Algorithm 2 (meta-test), Appendix B:
-  1. sample tasks and roll out one trial each: pi_psi explores in episode 1, pi_phi exploits in episodes 2..N+1,
-     while the CBVI encoder (cbvi.py, Sec. 4.1) updates its belief about cluster c and task latent z online;
-  2. reward pi_psi with the environment reward plus the cluster-uncertainty bonuses (Eq. 9-12);
+The loop below is the paper's Algorithm 1, one marker comment per step:
+  1. sample training tasks and roll out one trial each: pi_psi explores in episode 1, pi_phi exploits in episodes
+     2..N+1, while the CBVI encoder (cbvi.py, Sec. 4.1) updates its belief about cluster c and task latent z online;
+  2. reward pi_psi with the task reward plus the cluster-uncertainty bonuses r_h, r_c (Eq. 9-12, in this file);
   3. one PPO update of each policy on its own part of the trial;
-  4. one CBVI update (Eq. 4-8) on whole trials drawn from a trial buffer;
-  5. every `eval_every` iterations, meta-test on held-out tasks (Algorithm 2), with the NMI of the inferred clusters.
+  4. one CBVI update (Eq. 4-8) on whole trials drawn from the trial buffer;
+  5. every `eval_every` iterations, meta-test on held-out tasks (Algorithm 2, meta_test.py), with the clusters' NMI.
 
-    python milet_ppo_continuous.py                          # PointGoal, about 10 minutes on 2 CPU cores
+    python milet_ppo_continuous.py                          # PointGoal, 2M frames, 10-18 minutes on 2 CPU cores
     python milet_ppo_continuous.py --env-id AntGoal --num-clusters 6
-    python milet_ppo_continuous.py --eval-checkpoint runs/<run>/milet.pt   # re-run the meta-test evaluation
-    python milet_ppo_continuous.py --resume runs/<run>                     # continue an interrupted run
+    python milet_ppo_continuous.py --env-id AntGoal --help  # every flag with AntGoal's values
+    python milet_ppo_continuous.py --eval-checkpoint runs/<run>/milet_ppo_continuous.pt   # re-run the meta-test
+    python milet_ppo_continuous.py --resume runs/<run>      # continue an interrupted run
 """
 import json
 import os
@@ -30,12 +31,13 @@ import torch.nn.functional as F
 import torch.optim as optim
 import tyro
 from gymnasium.wrappers.utils import RunningMeanStd
+from torch.distributions import Categorical, kl_divergence
 from torch.distributions.normal import Normal
 from tqdm import tqdm
 
 import envs_clustered
 import meta_test
-from cbvi import CBVI, TrialBuffer, exploration_rewards, gamma_c, gamma_h
+from cbvi import CBVI, TrialBuffer
 
 
 @dataclass
@@ -57,7 +59,7 @@ class Args:
     runs_dir: str = "runs"
     """folder that receives runs/<run_name>/ (tensorboard events, eval.jsonl, summary.json, checkpoint)"""
     save_model: bool = False
-    """if toggled, save a checkpoint (runs/<run_name>/milet.pt) at every evaluation"""
+    """if toggled, save a checkpoint (runs/<run_name>/<exp_name>.pt) at every evaluation"""
     eval_checkpoint: Optional[str] = None
     """if set, load this checkpoint, re-run the meta-test evaluation, print it as JSON and exit"""
     eval_every: int = 25
@@ -72,8 +74,8 @@ class Args:
     """the environment id, one of envs_clustered.ENV_IDS"""
     task_seed: int = 0
     """seed of the 500 train / 32 test task split (kept fixed across training seeds, as in the paper)"""
-    total_timesteps: Optional[int] = None
-    """total environment frames of the experiment (None: per env, see ENV_DEFAULTS)"""
+    total_timesteps: int = 2_000_000
+    """total environment frames of the experiment [per env: meta_test.TOTAL_TIMESTEPS, the same for every method]"""
     num_envs: int = 16
     """the number of parallel trials (one task each) per iteration"""
     episode_length: int = 100
@@ -96,12 +98,12 @@ class Args:
     """dimension of the task latent z"""
     stacked_gru: bool = True
     """stacked C-GRU/T-GRU encoder; --no-stacked-gru uses one GRU (the "no S-GRU" ablation, App. E)"""
-    encoder_hidden_size: Optional[int] = None
-    """GRU hidden size (None: per env, see ENV_DEFAULTS)"""
-    encoder_embed_sizes: Optional[tuple[int, int, int]] = None
-    """embedding sizes of action, state and reward (None: per env, see ENV_DEFAULTS)"""
-    reward_decoder_layers: Optional[tuple[int, ...]] = None
-    """hidden layers of the reward decoder (None: per env, see ENV_DEFAULTS)"""
+    encoder_hidden_size: int = 32
+    """GRU hidden size [per env: ENV_DEFAULTS]"""
+    encoder_embed_sizes: tuple[int, int, int] = (16, 32, 16)
+    """embedding sizes of action, state and reward [per env: ENV_DEFAULTS]"""
+    reward_decoder_layers: tuple[int, ...] = (64, 32)
+    """hidden layers of the reward decoder [per env: ENV_DEFAULTS]"""
     state_decoder_layers: tuple[int, ...] = (256, 128)
     """hidden layers of the state decoder (used only when lambda_s > 0)"""
     vae_lr: float = 1e-3
@@ -110,22 +112,22 @@ class Args:
     """capacity of the CBVI trial buffer, in trials"""
     vae_batch_size: int = 50
     """trials per CBVI update"""
-    vae_updates: Optional[int] = None
-    """CBVI updates per iteration (None: per env, see ENV_DEFAULTS)"""
-    vae_num_prefixes: Optional[int] = None
-    """prefixes tau_:t per trial in the ELBO (a random subset, as the authors); 0 uses all (None: per env, see ENV_DEFAULTS)"""
+    vae_updates: int = 4
+    """CBVI updates per iteration [per env: ENV_DEFAULTS]"""
+    vae_num_prefixes: int = 10
+    """prefixes tau_:t per trial in the ELBO (a random subset, as the authors); 0 uses all [per env: ENV_DEFAULTS]"""
     gumbel_temperature: float = 0.8
     """temperature of the Gumbel-softmax cluster sample during training"""
-    lambda_s: Optional[float] = None
-    """weight of the state reconstruction (Eq. 5): 0 for reward clusters, 1 for dynamics clusters (None: per env, see ENV_DEFAULTS)"""
+    lambda_s: float = 0.0
+    """weight of the state reconstruction (Eq. 5): 0 for reward, 1 for dynamics clusters [per env: ENV_DEFAULTS]"""
     lambda_i: float = 1.0
     """weight of the in-trial consistency regulariser L_I (Eq. 6, 8)"""
     lambda_p: float = 0.1
     """weight of the prior consistency regulariser L_P (Eq. 7, 8), applied on top of kl_weight"""
-    kl_weight: Optional[float] = None
-    """weight of KL(q(z|c,tau) || p(z|c)) (None: per env, see ENV_DEFAULTS)"""
-    cat_weight: Optional[float] = None
-    """weight of KL(q(c|tau) || p(c)) (None: per env, see ENV_DEFAULTS)"""
+    kl_weight: float = 0.01
+    """weight of KL(q(z|c,tau) || p(z|c)) [per env: ENV_DEFAULTS]"""
+    cat_weight: float = 1e-3
+    """weight of KL(q(c|tau) || p(c)) [per env: ENV_DEFAULTS]"""
     target_prior_every: int = 50
     """refresh the target prior p_tgt(z|c) with a hard copy every this many iterations"""
 
@@ -148,30 +150,30 @@ class Args:
     """separate exploration policy; --no-exploration-policy lets pi_phi act everywhere with no bonus (App. E)"""
 
     # PPO (both policies)
-    exploit_lr: Optional[float] = None
-    """learning rate of the exploitation policy pi_phi (None: per env, see ENV_DEFAULTS)"""
-    explore_lr: Optional[float] = None
-    """learning rate of the exploration policy pi_psi (None: per env, see ENV_DEFAULTS)"""
-    exploit_ent_coef: Optional[float] = None
-    """entropy coefficient of pi_phi (None: per env, see ENV_DEFAULTS)"""
-    explore_ent_coef: Optional[float] = None
-    """entropy coefficient of pi_psi (None: per env, see ENV_DEFAULTS)"""
+    exploit_lr: float = 1e-3
+    """learning rate of the exploitation policy pi_phi [per env: ENV_DEFAULTS]"""
+    explore_lr: float = 1e-3
+    """learning rate of the exploration policy pi_psi [per env: ENV_DEFAULTS]"""
+    exploit_ent_coef: float = 1e-4
+    """entropy coefficient of pi_phi [per env: ENV_DEFAULTS]"""
+    explore_ent_coef: float = 1e-2
+    """entropy coefficient of pi_psi [per env: ENV_DEFAULTS]"""
     anneal_lr: bool = True
     """toggle learning rate annealing for both policies"""
-    policy_layers: Optional[tuple[int, ...]] = None
-    """hidden layers of each actor and critic (None: per env, see ENV_DEFAULTS)"""
+    policy_layers: tuple[int, ...] = (128, 64)
+    """hidden layers of each actor and critic [per env: ENV_DEFAULTS]"""
     gamma: float = 0.97
     """the discount factor gamma"""
     gae_lambda: float = 0.9
     """the lambda for the general advantage estimation"""
-    num_minibatches: Optional[int] = None
-    """the number of mini-batches per PPO epoch (None: per env, see ENV_DEFAULTS)"""
-    update_epochs: Optional[int] = None
-    """the K epochs to update each policy (None: per env, see ENV_DEFAULTS)"""
+    num_minibatches: int = 4
+    """the number of mini-batches per PPO epoch [per env: ENV_DEFAULTS]"""
+    update_epochs: int = 4
+    """the K epochs to update each policy [per env: ENV_DEFAULTS]"""
     norm_adv: bool = True
     """toggles advantages normalization"""
-    clip_coef: Optional[float] = None
-    """the surrogate clipping coefficient (also clips the value loss) (None: per env, see ENV_DEFAULTS)"""
+    clip_coef: float = 0.2
+    """the surrogate clipping coefficient (also clips the value loss) [per env: ENV_DEFAULTS]"""
     huber_value_loss: bool = True
     """Huber (smooth L1) clipped value loss as the authors; --no-huber-value-loss uses the squared error"""
     vf_coef: float = 0.5
@@ -186,53 +188,48 @@ class Args:
     """the number of iterations (computed in runtime)"""
 
 
-# Per-environment defaults: the authors' configs (docs/paper_settings.md). A flag left unset takes its env's value.
-ANT = dict(total_timesteps=50_000_000, exploit_lr=1e-4, explore_lr=1e-4, exploit_ent_coef=1e-4, explore_ent_coef=1e-3,
-           clip_coef=0.05, update_epochs=2, num_minibatches=8, policy_layers=(128, 64), encoder_hidden_size=32,
-           encoder_embed_sizes=(16, 32, 16), reward_decoder_layers=(64, 32), kl_weight=0.01, cat_weight=1e-3,
-           lambda_s=0.0, vae_updates=1, vae_num_prefixes=50)
-HUMANOID = dict(ANT, total_timesteps=30_000_000, encoder_hidden_size=128, policy_layers=(512, 256), clip_coef=0.1,
-                update_epochs=4, num_minibatches=2, kl_weight=1e-3, cat_weight=1e-4)
-RAND_PARAMS = dict(ANT, total_timesteps=10_000_000, encoder_hidden_size=64, encoder_embed_sizes=(32, 32, 32),
-                   reward_decoder_layers=(256, 64), policy_layers=(128, 128), lambda_s=1.0,
-                   exploit_ent_coef=1e-3, explore_ent_coef=1e-2)
-ENV_DEFAULTS = {
-    # Not in the paper. Deviation so that the default run learns in 10 minutes on 2 CPU cores: 4 CBVI updates per
-    # iteration on 10 prefixes each, larger PPO steps (lr 1e-3, clip 0.2, 4 epochs x 4 minibatches). The loss
-    # weights are Ant's: with the reconstruction averaged as the authors' (cbvi.py), their KL weight 0.01 works.
-    "PointGoal": dict(ANT, total_timesteps=2_000_000, exploit_lr=1e-3, explore_lr=1e-3, explore_ent_coef=1e-2,
-                      clip_coef=0.2, update_epochs=4, num_minibatches=4, vae_updates=4, vae_num_prefixes=10),
-    "AntGoal": ANT, "AntGoalPartial": ANT, "AntU": ANT, "HumanoidDir": HUMANOID, "HumanoidDirSparse": HUMANOID,
-    "HopperRandParams": dict(RAND_PARAMS, exploit_lr=5e-4, explore_lr=1e-4, kl_weight=1e-4, cat_weight=1e-4),
-    "WalkerRandParams": dict(RAND_PARAMS, exploit_lr=3e-4, explore_lr=3e-4, kl_weight=1e-3, cat_weight=1e-3),
+# Per-env defaults, one complete row per env in two tables: the authors' configs (docs/paper_settings.md), except
+# PointGoal, our quick env. Its row is also Args' defaults; `--env-id X` puts X's row under the flags. The frame budget
+# is the protocol's (meta_test.TOTAL_TIMESTEPS), the same for every method.
+# PointGoal departs from the paper so that the default run learns in minutes on 2 CPU cores: 4 CBVI updates per
+# iteration on 10 prefixes each, larger PPO steps (lr 1e-3, clip 0.2, 4 epochs x 4 minibatches).
+PPO_COLUMNS = ("exploit_lr", "explore_lr", "exploit_ent_coef", "explore_ent_coef", "clip_coef", "update_epochs",
+               "num_minibatches", "policy_layers")
+PPO_TABLE = {  #       lr phi  lr psi  ent phi ent psi clip  epochs minibatches layers
+    "PointGoal":         (1e-3,   1e-3,   1e-4,   1e-2,   0.2,  4,     4,          (128, 64)),
+    "AntGoal":           (1e-4,   1e-4,   1e-4,   1e-3,   0.05, 2,     8,          (128, 64)),
+    "AntGoalPartial":    (1e-4,   1e-4,   1e-4,   1e-3,   0.05, 2,     8,          (128, 64)),
+    "AntU":              (1e-4,   1e-4,   1e-4,   1e-3,   0.05, 2,     8,          (128, 64)),
+    "HumanoidDir":       (1e-4,   1e-4,   1e-4,   1e-3,   0.1,  4,     2,          (512, 256)),
+    "HumanoidDirSparse": (1e-4,   1e-4,   1e-4,   1e-3,   0.1,  4,     2,          (512, 256)),
+    "HopperRandParams":  (5e-4,   1e-4,   1e-3,   1e-2,   0.05, 2,     8,          (128, 128)),
+    "WalkerRandParams":  (3e-4,   3e-4,   1e-3,   1e-2,   0.05, 2,     8,          (128, 128)),
 }
+CBVI_COLUMNS = ("encoder_hidden_size", "encoder_embed_sizes", "reward_decoder_layers", "kl_weight", "cat_weight",
+                "lambda_s", "vae_updates", "vae_num_prefixes")
+CBVI_TABLE = {  #      GRU  embeddings a,s,r  reward decoder  KL z  KL c  lambda_s updates prefixes
+    "PointGoal":         (32,  (16, 32, 16),    (64, 32),       1e-2, 1e-3, 0.0,     4,      10),
+    "AntGoal":           (32,  (16, 32, 16),    (64, 32),       1e-2, 1e-3, 0.0,     1,      50),
+    "AntGoalPartial":    (32,  (16, 32, 16),    (64, 32),       1e-2, 1e-3, 0.0,     1,      50),
+    "AntU":              (32,  (16, 32, 16),    (64, 32),       1e-2, 1e-3, 0.0,     1,      50),
+    "HumanoidDir":       (128, (16, 32, 16),    (64, 32),       1e-3, 1e-4, 0.0,     1,      50),
+    "HumanoidDirSparse": (128, (16, 32, 16),    (64, 32),       1e-3, 1e-4, 0.0,     1,      50),
+    "HopperRandParams":  (64,  (32, 32, 32),    (256, 64),      1e-4, 1e-4, 1.0,     1,      50),
+    "WalkerRandParams":  (64,  (32, 32, 32),    (256, 64),      1e-3, 1e-3, 1.0,     1,      50),
+}
+ENV_DEFAULTS = {env_id: {**dict(zip(PPO_COLUMNS, PPO_TABLE[env_id])), **dict(zip(CBVI_COLUMNS, CBVI_TABLE[env_id])),
+                         "total_timesteps": meta_test.TOTAL_TIMESTEPS[env_id]} for env_id in envs_clustered.ENV_IDS}
 
 
-def check_args(args: Args) -> None:
-    """Fill the per-env defaults, then reject impossible settings with one clear line before anything is written."""
-    if args.env_id not in envs_clustered.ENV_IDS:
-        raise ValueError(f"unknown --env-id {args.env_id!r}; valid ids: {', '.join(envs_clustered.ENV_IDS)}")
-    for name, value in ENV_DEFAULTS[args.env_id].items():
-        if getattr(args, name) is None:
-            setattr(args, name, value)
+def parse_args(argv: Optional[list[str]] = None) -> Args:
+    """tyro reads the flags on top of --env-id's row of ENV_DEFAULTS (so --help shows the values that env runs with),
+    then the settings are checked with one clear line each, before anything is written."""
+    env_id = meta_test.peek_env_id(argv, ENV_DEFAULTS)
+    args = tyro.cli(Args, args=argv, default=Args(env_id=env_id, **ENV_DEFAULTS[env_id]))
     if args.num_clusters < 1:
-        raise ValueError(f"--num-clusters must be >= 1, got {args.num_clusters}")
-    check_trial_args(args, ("vae_updates", "vae_batch_size", "target_prior_every", "checkpoint_every"))
-
-
-def check_trial_args(args, more_positive_flags: tuple[str, ...] = ()) -> None:
-    """The checks every script of the shared protocol makes (MILET, VariBAD, RL2), after its defaults are filled."""
-    for flag in ("num_minibatches", "update_epochs", "eval_every", "episode_length", "num_exploit_episodes", "physics_threads",
-                 "torch_threads", *more_positive_flags):
-        if getattr(args, flag) < 1:
-            raise ValueError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
-    if args.async_envs and args.env_id == "PointGoal":
-        raise ValueError("--async-envs is for the MuJoCo envs; PointGoal is already one batched numpy env")
-    if args.num_envs < 1 or args.num_envs % args.num_minibatches:
-        raise ValueError(f"--num-envs ({args.num_envs}) must be a positive multiple of --num-minibatches ({args.num_minibatches})")
-    one_iteration = args.num_envs * (1 + args.num_exploit_episodes) * args.episode_length
-    if args.total_timesteps < one_iteration:
-        raise ValueError(f"--total-timesteps ({args.total_timesteps}) is below one iteration ({one_iteration} frames)")
+        meta_test.exit_with_error(f"--num-clusters must be >= 1, got {args.num_clusters}")
+    meta_test.check_trial_args(args, ("vae_updates", "vae_batch_size", "target_prior_every", "checkpoint_every"))
+    return args
 
 
 def make_env(args: Args, num_envs: int, seed: int) -> gym.vector.VectorEnv:
@@ -281,19 +278,25 @@ class Agent(nn.Module):
 
 
 def build_models(args: Args, obs_dim: int, action_dim: int, device):
-    """The CBVI model (cbvi.py) and the two policies; pi_psi is None for --no-exploration-policy."""
+    """The CBVI model (cbvi.py) and the two policies on policy_input; pi_psi is None for --no-exploration-policy."""
     cbvi = CBVI(
         obs_dim, action_dim, num_clusters=args.num_clusters, latent_dim=args.latent_dim,
         hidden_size=args.encoder_hidden_size, action_embed=args.encoder_embed_sizes[0],
         state_embed=args.encoder_embed_sizes[1], reward_embed=args.encoder_embed_sizes[2], stacked=args.stacked_gru,
         reward_decoder_layers=args.reward_decoder_layers, state_decoder_layers=args.state_decoder_layers,
         temperature=args.gumbel_temperature, lambda_s=args.lambda_s, kl_weight=args.kl_weight,
-        cat_weight=args.cat_weight, lambda_i=args.lambda_i, lambda_p=args.lambda_p, num_prefixes=args.vae_num_prefixes or None,
+        cat_weight=args.cat_weight, lambda_i=args.lambda_i, lambda_p=args.lambda_p,
+        num_prefixes=args.vae_num_prefixes or None,
     ).to(device)
-    policy_input_dim = obs_dim + 1 + 2 * args.latent_dim + (args.num_clusters if args.policy_cluster_probs else 0)
-    exploit_agent = Agent(policy_input_dim, action_dim, args.policy_layers).to(device)
-    explore_agent = Agent(policy_input_dim, action_dim, args.policy_layers).to(device) if args.exploration_policy else None
+    input_dim = policy_input_dim(args, obs_dim)
+    exploit_agent = Agent(input_dim, action_dim, args.policy_layers).to(device)
+    explore_agent = Agent(input_dim, action_dim, args.policy_layers).to(device) if args.exploration_policy else None
     return cbvi, explore_agent, exploit_agent
+
+
+def policy_input_dim(args: Args, obs_dim: int) -> int:
+    """The width of policy_input: state, t / H, z mean, z log-variance and (by default) q(c | tau_:t)."""
+    return obs_dim + 1 + 2 * args.latent_dim + (args.num_clusters if args.policy_cluster_probs else 0)
 
 
 def policy_input(obs: np.ndarray, step: int, belief, obs_rms: RunningMeanStd, args: Args, device) -> torch.Tensor:
@@ -305,13 +308,6 @@ def policy_input(obs: np.ndarray, step: int, belief, obs_rms: RunningMeanStd, ar
     parts = [torch.as_tensor(norm_obs, dtype=torch.float32, device=device), time_feature, belief.z_mean,
              belief.z_logvar]
     return torch.cat(parts + ([belief.cluster_probs] if args.policy_cluster_probs else []), -1)
-
-
-def check_finite(losses: dict, iteration: int) -> None:
-    for name, value in losses.items():
-        if not torch.isfinite(value).all():
-            raise FloatingPointError(f"loss term '{name}' is {value.item()} at iteration {iteration}; stopping "
-                                     "(the logs and any --save-model checkpoint written so far are kept)")
 
 
 def gae(rewards, values, gamma, gae_lambda):
@@ -342,19 +338,36 @@ def ppo_update(agent, optimizer, inputs, actions, logprobs, advantages, returns,
             mb_advantages = advantages[mb]
             if args.norm_adv:
                 mb_advantages = (mb_advantages - mb_advantages.mean()) / (mb_advantages.std() + 1e-8)
-            pg_loss = torch.max(-mb_advantages * ratio, -mb_advantages * ratio.clamp(1 - args.clip_coef, 1 + args.clip_coef)).mean()
+            clipped_ratio = ratio.clamp(1 - args.clip_coef, 1 + args.clip_coef)
+            pg_loss = torch.max(-mb_advantages * ratio, -mb_advantages * clipped_ratio).mean()
             v_clipped = values[mb] + (newvalue - values[mb]).clamp(-args.clip_coef, args.clip_coef)
             v_loss = 0.5 * torch.max(value_loss_fn(newvalue, returns[mb], reduction="none"),
                                      value_loss_fn(v_clipped, returns[mb], reduction="none")).mean()
             entropy_loss = entropy.mean()
             loss = pg_loss - ent_coef * entropy_loss + v_loss * args.vf_coef
-            check_finite({"policy_loss": pg_loss, "value_loss": v_loss}, iteration)
+            meta_test.check_finite({"policy_loss": pg_loss, "value_loss": v_loss}, iteration)
             optimizer.zero_grad()
             loss.backward()
             nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
             optimizer.step()
     return {"policy_loss": pg_loss.item(), "value_loss": v_loss.item(), "entropy": entropy_loss.item(),
             "approx_kl": approx_kl.item(), "clipfrac": float(np.mean(clipfracs))}
+
+
+def exploration_rewards(cluster_probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sec. 4.2: cluster_probs (H+1, B, K) = q(c | tau_:t) for t = 0..H of the exploration episode -> r_h, r_c (H, B).
+    q(c | tau_:0) is the uniform p(c) (cbvi.py), as in the authors' code."""
+    entropy = Categorical(probs=cluster_probs).entropy()
+    r_h = entropy[:-1] - entropy[1:]  # Eq. 10: r_h = H(q_t) - H(q_{t+1}), the drop in cluster uncertainty
+    r_c = -kl_divergence(Categorical(probs=cluster_probs[:-1]), Categorical(probs=cluster_probs[1:]))  # Eq. 11
+    return r_h, r_c
+
+
+def reward_weights(t, horizon: int, args: Args) -> tuple:
+    """Eq. 12: gamma_h(t) = b_h - a_h exp(-s_h (H - t)) falls from ~0.1 to 0, gamma_c(t) = -b_c + a_c exp(-s_c (H - t))
+    rises from ~-0.1 to 0.1: reduce the uncertainty early, keep the belief consistent late (Fig. 6, plots.py)."""
+    exp = torch.exp if isinstance(t, torch.Tensor) else np.exp
+    return args.b_h - args.a_h * exp(-args.s_h * (horizon - t)), -args.b_c + args.a_c * exp(-args.s_c * (horizon - t))
 
 
 @torch.no_grad()
@@ -400,25 +413,21 @@ def load_checkpoint(path: str, device="cpu"):
 
 
 if __name__ == "__main__":
-    args = tyro.cli(Args)
-    if args.eval_checkpoint is not None:
+    args = parse_args()
+    if args.eval_checkpoint is not None:  # re-run the meta-test of a --save-model checkpoint, print it, exit
         if not os.path.isfile(args.eval_checkpoint):
-            sys.exit(f"milet_ppo_continuous.py: error: no checkpoint at {args.eval_checkpoint}")
+            meta_test.exit_with_error(f"no checkpoint at {args.eval_checkpoint}")
         args, cbvi, explore_agent, exploit_agent, obs_rms = load_checkpoint(args.eval_checkpoint)
         split = envs_clustered.make_task_split(args.env_id, seed=args.task_seed)
         result = evaluate(args, cbvi.eval(), explore_agent, exploit_agent, obs_rms,
                           make_env(args, len(split.test_tasks), args.seed + 1), split, "cpu")
         print(json.dumps({k: v for k, v in result.items() if not k.startswith("exploration_")}))
         sys.exit(0)
-    resumed = None  # --resume: the checkpoint's state, restored once everything is built
+    resumed = None  # --resume: the checkpoint's state and the run's own args, restored once everything is built
     if args.resume is not None:
         resumed, args = meta_test.load_resume(args)
-    try:
-        check_args(args)
-    except ValueError as error:
-        sys.exit(f"milet_ppo_continuous.py: error: {error}")
-    steps = args.episode_length
-    args.trial_length = (1 + args.num_exploit_episodes) * steps
+    H = args.episode_length
+    args.trial_length = (1 + args.num_exploit_episodes) * H
     args.num_iterations = args.total_timesteps // (args.num_envs * args.trial_length)
     if resumed is None:
         run_dir, writer = meta_test.start_run(args)  # runs/<env_id>__<exp_name>__<seed>__<time>/, args.json
@@ -446,12 +455,12 @@ if __name__ == "__main__":
     vae_optimizer = optim.Adam(cbvi.parameters(), lr=args.vae_lr)
     exploit_optimizer = optim.Adam(exploit_agent.parameters(), lr=args.exploit_lr, eps=1e-8)
     explore_optimizer = optim.Adam(explore_agent.parameters(), lr=args.explore_lr, eps=1e-8) if explore_agent else None
-    buffer = TrialBuffer(args.vae_buffer_size, 1 + args.num_exploit_episodes, steps, obs_dim, action_dim)
+    buffer = TrialBuffer(args.vae_buffer_size, 1 + args.num_exploit_episodes, H, obs_dim, action_dim)
     obs_rms, return_rms = RunningMeanStd(shape=(obs_dim,)), RunningMeanStd(shape=())
 
     # ALGO Logic: Storage setup for one trial per environment
     T, B = args.trial_length, args.num_envs
-    inputs = torch.zeros((T, B, exploit_agent.critic[0].in_features), device=device)
+    inputs = torch.zeros((T, B, policy_input_dim(args, obs_dim)), device=device)
     actions = torch.zeros((T, B, action_dim), device=device)
     logprobs, values, rewards = (torch.zeros((T, B), device=device) for _ in range(3))
     states, next_states = torch.zeros((T, B, obs_dim), device=device), torch.zeros((T, B, obs_dim), device=device)
@@ -459,115 +468,118 @@ if __name__ == "__main__":
 
     # Everything a checkpoint must hold so that --resume continues exactly as an uninterrupted run (CPU, same threads)
     stateful = {"cbvi": cbvi, "exploit_agent": exploit_agent, "explore_agent": explore_agent, "buffer": buffer,
-                "vae_optimizer": vae_optimizer, "exploit_optimizer": exploit_optimizer, "explore_optimizer": explore_optimizer}
-    start_iteration, global_step = 0, 0
-    if resumed is not None:
+                "vae_optimizer": vae_optimizer, "exploit_optimizer": exploit_optimizer,
+                "explore_optimizer": explore_optimizer}
+    stateful = {name: obj for name, obj in stateful.items() if obj is not None}
+    checkpoint_path = os.path.join(run_dir, f"{args.exp_name}.pt")
+    start_iteration, global_step = 1, 0
+    if resumed is None:  # meta-test the untrained policies: the reference every later evaluation is read against
+        record = {"iteration": 0, "global_step": 0,
+                  **evaluate(args, cbvi.eval(), explore_agent, exploit_agent, obs_rms, eval_envs, split, device)}
+        meta_test.log_evaluation(writer, run_dir, eval_lines, record)
+        if args.save_model:
+            save_checkpoint(checkpoint_path, args, cbvi, explore_agent, exploit_agent, obs_rms, 0, 0)
+    else:
         for name, obj in stateful.items():
-            if obj is not None:
-                obj.load_state_dict(resumed[name])
+            obj.load_state_dict(resumed[name])
         (obs_rms.mean, obs_rms.var, obs_rms.count), (return_rms.mean, return_rms.var, return_rms.count) = resumed["rms"]
         meta_test.restore_random_state(resumed["rng"], task_rng, envs)
         start_iteration, global_step = resumed["iteration"] + 1, resumed["global_step"]
     start_step, start_time, sps = global_step, time.time(), 0
-    checkpoint_path, resume_path = os.path.join(run_dir, "milet.pt"), os.path.join(run_dir, "resume.pt")
     progress = tqdm(range(start_iteration, args.num_iterations + 1), desc=args.env_id, unit="it",
-                    initial=start_iteration, total=args.num_iterations + 1)
-    try:
-        for iteration in progress:
-            if iteration > 0:
-                if args.anneal_lr:
-                    frac = 1.0 - (iteration - 1.0) / args.num_iterations
-                    exploit_optimizer.param_groups[0]["lr"] = frac * args.exploit_lr
-                    if explore_optimizer:
-                        explore_optimizer.param_groups[0]["lr"] = frac * args.explore_lr
+                    initial=start_iteration - 1, total=args.num_iterations)
+    for iteration in progress:
+        cbvi.train()
+        if args.anneal_lr:
+            frac = 1.0 - (iteration - 1.0) / args.num_iterations
+            exploit_optimizer.param_groups[0]["lr"] = frac * args.exploit_lr
+            if explore_optimizer:
+                explore_optimizer.param_groups[0]["lr"] = frac * args.explore_lr
 
-                # ALGO LOGIC: roll out one trial per environment (Alg. 1 with Alg. 2), the encoder updating online
-                task_index = task_rng.integers(len(split.train_tasks), size=B)  # sample M_i from the train tasks
-                obs, _ = envs.reset(seed=args.seed if iteration == 1 else None,
-                                    options={"tasks": split.train_tasks[task_index], "clusters": split.train_clusters[task_index]})
-                with torch.no_grad():  # the policies never train the encoder: their gradients stay separate
-                    hidden, belief = cbvi.initial_belief(B)
-                    cluster_probs[0] = belief.cluster_probs
-                    for step in range(T):
-                        global_step += B
-                        agent = explore_agent if step < steps and explore_agent is not None else exploit_agent
-                        obs_rms.update(obs)
-                        inputs[step] = policy_input(obs, step, belief, obs_rms, args, device)
-                        action, logprobs[step], _, values[step] = agent.get_action_and_value(inputs[step])
-                        actions[step] = action
-                        states[step] = torch.as_tensor(obs, dtype=torch.float32, device=device)
-                        obs, reward, _, _, info = envs.step(action.cpu().numpy())
-                        next_states[step] = torch.as_tensor(np.stack(info["next_state"]), dtype=torch.float32, device=device)
-                        rewards[step] = torch.as_tensor(reward, dtype=torch.float32, device=device)
-                        # the hidden state h = (h_alpha, h_beta) carries over into the exploitation episodes
-                        hidden, belief = cbvi.step(action, next_states[step], rewards[step], hidden)
-                        cluster_probs[step + 1] = belief.cluster_probs
-                buffer.add(states, actions, rewards, next_states)  # insert tau+ into V
+        # ALGO LOGIC (Alg. 1, step 1): sample tasks M_i and roll out one trial each, the encoder updating online
+        task_index = task_rng.integers(len(split.train_tasks), size=B)
+        obs, _ = envs.reset(seed=args.seed if iteration == 1 else None,
+                            options={"tasks": split.train_tasks[task_index], "clusters": split.train_clusters[task_index]})
+        with torch.no_grad():  # the policies never train the encoder: their gradients stay separate
+            hidden, belief = cbvi.initial_belief(B)
+            cluster_probs[0] = belief.cluster_probs
+            for step in range(T):
+                global_step += B
+                agent = explore_agent if step < H and explore_agent is not None else exploit_agent
+                obs_rms.update(obs)
+                inputs[step] = policy_input(obs, step, belief, obs_rms, args, device)
+                action, logprobs[step], _, values[step] = agent.get_action_and_value(inputs[step])
+                actions[step] = action
+                states[step] = torch.as_tensor(obs, dtype=torch.float32, device=device)
+                obs, reward, _, _, info = envs.step(action.cpu().numpy())
+                next_states[step] = torch.as_tensor(np.stack(info["next_state"]), dtype=torch.float32, device=device)
+                rewards[step] = torch.as_tensor(reward, dtype=torch.float32, device=device)
+                # the hidden state h = (h_alpha, h_beta) carries over into the exploitation episodes
+                hidden, belief = cbvi.step(action, next_states[step], rewards[step], hidden)
+                cluster_probs[step + 1] = belief.cluster_probs
+        buffer.add(states, actions, rewards, next_states)  # insert tau+ into the trial buffer V
 
-                # ALGO LOGIC: rewards. Scale by a running std of the discounted return and clip, as the authors
-                discounted = torch.zeros_like(rewards)
-                for t in range(T):
-                    discounted[t] = rewards[t] + args.gamma * (discounted[t - 1] if t % steps else 0.0)
-                return_rms.update(discounted.flatten().cpu().numpy())
-                policy_rewards = (rewards / np.sqrt(return_rms.var + 1e-8)).clamp(-10, 10)
-                segments = [("exploit", exploit_agent, exploit_optimizer, slice(0, T), args.exploit_ent_coef)]
-                if explore_agent is not None:
-                    r_h, r_c = exploration_rewards(cluster_probs[: steps + 1])  # Eq. 10 (r_h) and Eq. 11 (r_c)
-                    t_in_episode = torch.arange(steps, device=device)
-                    policy_rewards[:steps] += (gamma_h(t_in_episode, steps, args.a_h, args.b_h, args.s_h)[:, None] * r_h
-                                               + gamma_c(t_in_episode, steps, args.a_c, args.b_c, args.s_c)[:, None] * r_c)  # Eq. 12
-                    segments = [("explore", explore_agent, explore_optimizer, slice(0, steps), args.explore_ent_coef),
-                                ("exploit", exploit_agent, exploit_optimizer, slice(steps, T), args.exploit_ent_coef)]
-                    writer.add_scalar("charts/intrinsic_reward_r_h", r_h.sum(0).mean().item(), global_step)
-                    writer.add_scalar("charts/intrinsic_reward_r_c", r_c.sum(0).mean().item(), global_step)
+        # ALGO LOGIC (step 2): rewards. The task reward is scaled by a running std of the discounted return and
+        # clipped, as the authors; the exploration episode adds the cluster-uncertainty bonuses
+        discounted = torch.zeros_like(rewards)
+        for t in range(T):
+            discounted[t] = rewards[t] + args.gamma * (discounted[t - 1] if t % H else 0.0)
+        return_rms.update(discounted.flatten().cpu().numpy())
+        policy_rewards = (rewards / np.sqrt(return_rms.var + 1e-8)).clamp(-10, 10)
+        segments = [("exploit", exploit_agent, exploit_optimizer, slice(0, T), args.exploit_ent_coef)]
+        if explore_agent is not None:
+            r_h, r_c = exploration_rewards(cluster_probs[: H + 1])  # Eq. 10, 11
+            gamma_h, gamma_c = reward_weights(torch.arange(H, device=device), H, args)  # Eq. 12
+            policy_rewards[:H] += gamma_h[:, None] * r_h + gamma_c[:, None] * r_c  # Eq. 9: r + gh*r_h + gc*r_c
+            segments = [("explore", explore_agent, explore_optimizer, slice(0, H), args.explore_ent_coef),
+                        ("exploit", exploit_agent, exploit_optimizer, slice(H, T), args.exploit_ent_coef)]
+            writer.add_scalar("charts/intrinsic_reward_r_h", r_h.sum(0).mean().item(), global_step)
+            writer.add_scalar("charts/intrinsic_reward_r_c", r_c.sum(0).mean().item(), global_step)
 
-                # ALGO LOGIC: one PPO update of each policy on its own part of the trial (Alg. 1)
-                for name, agent, optimizer, part, ent_coef in segments:
-                    advantages, returns = gae(policy_rewards[part], values[part], args.gamma, args.gae_lambda)
-                    stats = ppo_update(agent, optimizer, inputs[part].flatten(0, 1), actions[part].flatten(0, 1),
-                                       logprobs[part].flatten(), advantages.flatten(), returns.flatten(),
-                                       values[part].flatten(), ent_coef, args, iteration)
-                    writer.add_scalar(f"charts/{name}_learning_rate", optimizer.param_groups[0]["lr"], global_step)
-                    for key, value in stats.items():
-                        writer.add_scalar(f"losses/{name}_{key}", value, global_step)
+        # ALGO LOGIC (step 3): one PPO update of each policy on its own part of the trial
+        for name, agent, optimizer, part, ent_coef in segments:
+            advantages, returns = gae(policy_rewards[part], values[part], args.gamma, args.gae_lambda)
+            stats = ppo_update(agent, optimizer, inputs[part].flatten(0, 1), actions[part].flatten(0, 1),
+                               logprobs[part].flatten(), advantages.flatten(), returns.flatten(),
+                               values[part].flatten(), ent_coef, args, iteration)
+            writer.add_scalar(f"charts/{name}_learning_rate", optimizer.param_groups[0]["lr"], global_step)
+            for key, value in stats.items():
+                writer.add_scalar(f"losses/{name}_{key}", value, global_step)
 
-                # ALGO LOGIC: CBVI update on whole trials from the buffer, maximising Eq. 8
-                for _ in range(args.vae_updates):
-                    cbvi_losses = cbvi.loss(*buffer.sample(args.vae_batch_size, device))
-                    check_finite(cbvi_losses, iteration)
-                    vae_optimizer.zero_grad()
-                    cbvi_losses["total"].backward()
-                    nn.utils.clip_grad_norm_(cbvi.parameters(), 1.0)
-                    vae_optimizer.step()
-                if iteration % args.target_prior_every == 0:
-                    cbvi.refresh_target_prior()  # Eq. 7: hard copy p_omega -> p_tgt
-                for key, value in cbvi_losses.items():
-                    writer.add_scalar(f"losses/cbvi_{key}", value.item(), global_step)
-                for episode in range(1 + args.num_exploit_episodes):
-                    train_return = rewards[episode * steps: (episode + 1) * steps].sum(0).mean().item()
-                    writer.add_scalar(f"charts/return_episode_{episode + 1}", train_return, global_step)
-                writer.add_scalar("charts/SPS", int((global_step - start_step) / (time.time() - start_time)), global_step)
+        # ALGO LOGIC (step 4): CBVI update on whole trials from the buffer, maximising Eq. 8
+        for _ in range(args.vae_updates):
+            cbvi_losses = cbvi.loss(*buffer.sample(args.vae_batch_size, device))
+            meta_test.check_finite(cbvi_losses, iteration)
+            vae_optimizer.zero_grad()
+            cbvi_losses["total"].backward()
+            nn.utils.clip_grad_norm_(cbvi.parameters(), 1.0)
+            vae_optimizer.step()
+        if iteration % args.target_prior_every == 0:
+            cbvi.refresh_target_prior()  # Eq. 7: hard copy p_omega -> p_tgt
+        for key, value in cbvi_losses.items():
+            writer.add_scalar(f"losses/cbvi_{key}", value.item(), global_step)
+        for episode in range(1 + args.num_exploit_episodes):
+            train_return = rewards[episode * H: (episode + 1) * H].sum(0).mean().item()
+            writer.add_scalar(f"charts/return_episode_{episode + 1}", train_return, global_step)
+        sps = int((global_step - start_step) / (time.time() - start_time))
+        writer.add_scalar("charts/SPS", sps, global_step)
 
-            # meta-test evaluation before training, every eval_every iterations and at the end
-            if iteration % args.eval_every == 0 or iteration == args.num_iterations:
-                cbvi.eval()
-                record = {"iteration": iteration, "global_step": global_step,
-                          **evaluate(args, cbvi, explore_agent, exploit_agent, obs_rms, eval_envs, split, device)}
-                cbvi.train()
-                meta_test.log_evaluation(writer, run_dir, eval_lines, record)
-                if args.save_model:
-                    save_checkpoint(checkpoint_path, args, cbvi, explore_agent, exploit_agent, obs_rms, iteration, global_step)
-            if iteration > 0 and (iteration % args.checkpoint_every == 0 or iteration == args.num_iterations):
-                meta_test.torch_save_atomic(resume_path, {"args": asdict(args), "iteration": iteration, "global_step": global_step,
-                            **{name: obj.state_dict() for name, obj in stateful.items() if obj is not None},
-                            "rms": [(rms.mean, rms.var, rms.count) for rms in (obs_rms, return_rms)],
-                            "rng": meta_test.random_state(task_rng, envs)})
-            sps = int((global_step - start_step) / max(time.time() - start_time, 1e-9))
-            progress.set_postfix(SPS=sps, eval_return_2=round(record["return_episode_2"], 1),
-                                 eval_nmi=round(record["nmi_end_of_exploration"], 3))
-    except FloatingPointError as error:
-        writer.close()
-        sys.exit(f"milet_ppo_continuous.py: error: {error}")
+        # ALGO LOGIC (step 5): meta-test on the held-out tasks (Alg. 2) every eval_every iterations and at the end
+        if iteration % args.eval_every == 0 or iteration == args.num_iterations:
+            record = {"iteration": iteration, "global_step": global_step,
+                      **evaluate(args, cbvi.eval(), explore_agent, exploit_agent, obs_rms, eval_envs, split, device)}
+            meta_test.log_evaluation(writer, run_dir, eval_lines, record)
+            if args.save_model:
+                save_checkpoint(checkpoint_path, args, cbvi, explore_agent, exploit_agent, obs_rms, iteration,
+                                global_step)
+        if iteration % args.checkpoint_every == 0 or iteration == args.num_iterations:
+            meta_test.torch_save_atomic(os.path.join(run_dir, "resume.pt"), {
+                "args": asdict(args), "iteration": iteration, "global_step": global_step,
+                **{name: obj.state_dict() for name, obj in stateful.items()},
+                "rms": [(rms.mean, rms.var, rms.count) for rms in (obs_rms, return_rms)],
+                "rng": meta_test.random_state(task_rng, envs)})
+        progress.set_postfix(SPS=sps, eval_return_2=round(record["return_episode_2"], 1),
+                             eval_nmi=round(record["nmi_end_of_exploration"], 3))
 
     summary = meta_test.summary(args, global_step, sps, record)
     meta_test.write_atomic(os.path.join(run_dir, "summary.json"), json.dumps(summary, indent=1))

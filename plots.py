@@ -13,7 +13,6 @@ Runs are grouped into lines by a field of their arguments (`--group-by`, default
 standard deviation over the runs (seeds) of a group. Every figure uses the final evaluation of each run unless
 `--record` picks another. Reads `eval.jsonl` (one line per evaluation) and `summary.json`/the run folder name.
 """
-import inspect
 import json
 import os
 import re
@@ -30,11 +29,10 @@ import tyro  # noqa: E402
 
 import envs_clustered  # noqa: E402
 import meta_test  # noqa: E402
-from cbvi import gamma_c, gamma_h  # noqa: E402
 
-# the Eq. 12 schedule parameters default to cbvi.py's values, which the training script's Args also use
-SCHEDULE_DEFAULTS = {name: parameter.default for schedule in (gamma_h, gamma_c)
-                     for name, parameter in inspect.signature(schedule).parameters.items() if name[1:3] in ("_h", "_c")}
+# Eq. 12's schedule parameters: the defaults of milet_ppo_continuous.Args (a test checks that they agree; a helper
+# module does not import a training script)
+SCHEDULE_DEFAULTS = dict(a_h=0.1, b_h=0.1, s_h=0.1, a_c=0.2, b_c=0.1, s_c=0.1)
 CLUSTER_COLOURS = plt.get_cmap("tab10")  # inferred cluster k is drawn in colour k in every figure
 
 
@@ -237,8 +235,10 @@ def plot_schedules(horizon: int = 100, **params):
     params = {**SCHEDULE_DEFAULTS, **params}
     t = np.arange(horizon + 1, dtype=float)
     fig, ax = plt.subplots(figsize=(5, 3.4))
-    ax.plot(t, gamma_h(t, horizon, params["a_h"], params["b_h"], params["s_h"]), label=r"$\gamma_h(t)$ (entropy reward $r_h$)")
-    ax.plot(t, gamma_c(t, horizon, params["a_c"], params["b_c"], params["s_c"]), label=r"$\gamma_c(t)$ (consistency reward $r_c$)")
+    gamma_h = params["b_h"] - params["a_h"] * np.exp(-params["s_h"] * (horizon - t))  # Eq. 12
+    gamma_c = -params["b_c"] + params["a_c"] * np.exp(-params["s_c"] * (horizon - t))  # Eq. 12
+    ax.plot(t, gamma_h, label=r"$\gamma_h(t)$ (entropy reward $r_h$)")
+    ax.plot(t, gamma_c, label=r"$\gamma_c(t)$ (consistency reward $r_c$)")
     ax.axhline(0, color="0.6", lw=0.8)
     ax.set(xlabel="time step t of the exploration episode", ylabel="weight", title="Eq. 12 schedules")
     ax.legend(fontsize=8)
@@ -337,6 +337,8 @@ Command = Union[
 
 def main(command) -> Optional[str]:
     """Run one subcommand; returns the file written (or the table)."""
+    if command.out:  # a new folder in --out is made, as the training scripts make runs/
+        os.makedirs(os.path.dirname(command.out) or ".", exist_ok=True)
     if isinstance(command, Table):
         text = results_table(load_runs(command.runs), command.group_by)
         if command.out:

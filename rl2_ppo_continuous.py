@@ -5,9 +5,9 @@ its hidden state persists across the 1 + N episodes of a trial and is reset only
 itself must learn to explore in episode 1 and exploit what it found later. PPO trains it on whole trial sequences
 (each minibatch is a set of trials, re-run from the zero hidden state) to maximise the whole trial's return.
 
-It shares MILET's environments (envs_clustered.py), its meta-test protocol (meta_test.py) and its PPO pieces
-(gae, layer_init and the actor/critic MLPs of milet_ppo_continuous.py; the same Huber clipped value loss, written
-out here for sequence minibatches), so that only the method differs.
+It shares MILET's environments (envs_clustered.py) and the meta-test protocol (meta_test.py). Its PPO pieces are
+copies of milet_ppo_continuous.py's (gae, layer_init, the actor/critic MLPs, the Huber clipped value loss, here for
+sequence minibatches), CleanRL style, so that this file stands alone and only the method differs.
 
     python rl2_ppo_continuous.py                        # PointGoal
     python rl2_ppo_continuous.py --env-id AntGoal
@@ -15,11 +15,11 @@ out here for sequence minibatches), so that only the method differs.
 import json
 import os
 import random
-import sys
 import time
 from dataclasses import dataclass
 from typing import Optional
 
+import gymnasium as gym
 import numpy as np
 import torch
 import torch.nn as nn
@@ -32,7 +32,6 @@ from tqdm import tqdm
 
 import envs_clustered
 import meta_test
-from milet_ppo_continuous import ENV_DEFAULTS, check_finite, check_trial_args, gae, layer_init, make_env, mlp
 
 
 @dataclass
@@ -54,7 +53,7 @@ class Args:
     runs_dir: str = "runs"
     """folder that receives runs/<run_name>/ (tensorboard events, eval.jsonl, summary.json, checkpoint)"""
     save_model: bool = False
-    """if toggled, save a checkpoint (runs/<run_name>/rl2.pt) at every evaluation"""
+    """if toggled, save a checkpoint (runs/<run_name>/<exp_name>.pt) at every evaluation"""
     eval_every: int = 25
     """meta-test evaluation every this many iterations (and before training and at the end)"""
     checkpoint_every: int = 100
@@ -67,8 +66,8 @@ class Args:
     """the environment id, one of envs_clustered.ENV_IDS"""
     task_seed: int = 0
     """seed of the 500 train / 32 test task split (kept fixed across training seeds)"""
-    total_timesteps: Optional[int] = None
-    """total environment frames of the experiment (None: MILET's budget for the env, 2M on PointGoal)"""
+    total_timesteps: int = 2_000_000
+    """total environment frames of the experiment [per env: meta_test.TOTAL_TIMESTEPS, the same for every method]"""
     num_envs: int = 16
     """the number of parallel trials (one task each) per iteration"""
     episode_length: int = 100
@@ -101,16 +100,16 @@ class Args:
     """the discount factor gamma (MILET's)"""
     gae_lambda: float = 0.9
     """the lambda for the general advantage estimation (MILET's)"""
-    num_minibatches: Optional[int] = None
-    """the number of mini-batches of whole trials per PPO epoch (None: 4 on PointGoal, else RL2's 1)"""
-    update_epochs: Optional[int] = None
-    """the K epochs to update the policy (None: 4 on PointGoal, else RL2's 2)"""
+    num_minibatches: int = 4
+    """the number of mini-batches of whole trials per PPO epoch [per env: ENV_DEFAULTS]"""
+    update_epochs: int = 4
+    """the K epochs to update the policy [per env: ENV_DEFAULTS]"""
     norm_adv: bool = True
     """toggles advantages normalization"""
-    clip_coef: Optional[float] = None
-    """the surrogate clipping coefficient, also clips the value loss (None: 0.2 on PointGoal, else RL2's 0.05)"""
-    ent_coef: Optional[float] = None
-    """coefficient of the entropy (None: 1e-3 on PointGoal, between MILET's 1e-4 (exploit) and 1e-2 (explore), else RL2's 0.01)"""
+    clip_coef: float = 0.2
+    """the surrogate clipping coefficient, also clips the value loss [per env: ENV_DEFAULTS]"""
+    ent_coef: float = 1e-3
+    """coefficient of the entropy [per env: ENV_DEFAULTS]"""
     huber_value_loss: bool = True
     """Huber (smooth L1) clipped value loss, as MILET; --no-huber-value-loss uses the squared error"""
     vf_coef: float = 0.5
@@ -125,26 +124,74 @@ class Args:
     """the number of iterations (computed in runtime)"""
 
 
-# Unset flags: PointGoal takes the epochs, minibatches and clip of MILET's quick preset, but keeps RL2's lr 3e-4 (declared
-# in the README: the learning check was calibrated with it); other envs the RL2 settings of VariBAD's
-# AntGoal config (docs/paper_settings.md). Every env keeps MILET's frame budget, so that all methods get the same frames.
-POINTGOAL = dict(num_minibatches=4, update_epochs=4, clip_coef=0.2, ent_coef=1e-3)
-RL2 = dict(num_minibatches=1, update_epochs=2, clip_coef=0.05, ent_coef=0.01)
+# Per-env defaults, one complete row per env: the RL2 settings of VariBAD's AntGoal config (docs/paper_settings.md) on
+# every MuJoCo env; on PointGoal the epochs, minibatches and clip of MILET's quick preset and entropy 1e-3, but RL2's
+# lr 3e-4 (declared in the README: the learning check was calibrated with it). The PointGoal row is also Args'
+# defaults; `--env-id X` puts X's row under the flags. The frame budget is the protocol's (meta_test.TOTAL_TIMESTEPS).
+COLUMNS = ("num_minibatches", "update_epochs", "clip_coef", "ent_coef")
+TABLE = {  #             minibatches  epochs  clip  entropy
+    "PointGoal":         (4,           4,      0.2,  1e-3),
+    "AntGoal":           (1,           2,      0.05, 0.01),
+    "AntGoalPartial":    (1,           2,      0.05, 0.01),
+    "AntU":              (1,           2,      0.05, 0.01),
+    "HumanoidDir":       (1,           2,      0.05, 0.01),
+    "HumanoidDirSparse": (1,           2,      0.05, 0.01),
+    "HopperRandParams":  (1,           2,      0.05, 0.01),
+    "WalkerRandParams":  (1,           2,      0.05, 0.01),
+}
+ENV_DEFAULTS = {env_id: dict(zip(COLUMNS, row), total_timesteps=meta_test.TOTAL_TIMESTEPS[env_id])
+                for env_id, row in TABLE.items()}
 
 
-def check_args(args: Args) -> None:
-    """Fill the per-env defaults, then reject impossible settings with one clear line before anything is written."""
-    if args.env_id not in envs_clustered.ENV_IDS:
-        raise ValueError(f"unknown --env-id {args.env_id!r}; valid ids: {', '.join(envs_clustered.ENV_IDS)}")
-    defaults = POINTGOAL if args.env_id == "PointGoal" else RL2
-    for name, value in dict(defaults, total_timesteps=ENV_DEFAULTS[args.env_id]["total_timesteps"]).items():
-        if getattr(args, name) is None:
-            setattr(args, name, value)
-    check_trial_args(args, ("checkpoint_every",))
+def parse_args(argv: Optional[list[str]] = None) -> Args:
+    """tyro reads the flags on top of --env-id's row of ENV_DEFAULTS (so --help shows the values that env runs with),
+    then the settings are checked with one clear line each, before anything is written."""
+    env_id = meta_test.peek_env_id(argv, ENV_DEFAULTS)
+    args = tyro.cli(Args, args=argv, default=Args(env_id=env_id, **ENV_DEFAULTS[env_id]))
+    meta_test.check_trial_args(args, ("checkpoint_every",))
+    return args
+
+
+def make_env(args: Args, num_envs: int, seed: int) -> gym.vector.VectorEnv:
+    """num_envs task slots, each a trial of 1 + N episodes of H steps (envs_clustered.py). The policy acts in
+    [-1, 1]^A, rescaled to the env's box (Humanoid: +-0.4)."""
+    envs = envs_clustered.make_vector_env(
+        args.env_id, num_envs, episode_length=args.episode_length, num_episodes=1 + args.num_exploit_episodes,
+        seed=seed, asynchronous=args.async_envs, native=not args.gymnasium_envs, physics_threads=args.physics_threads,
+    )
+    space, unit = envs.single_action_space, np.ones(envs.single_action_space.shape, dtype=np.float32)
+    if not (np.array_equal(space.low, -unit) and np.array_equal(space.high, unit)):  # Humanoid's +-0.4
+        envs = gym.wrappers.vector.RescaleAction(envs, -unit, unit)
+    return gym.wrappers.vector.ClipAction(envs)
+
+
+def layer_init(layer, std=np.sqrt(2), bias_const=0.0):
+    torch.nn.init.orthogonal_(layer.weight, std)
+    torch.nn.init.constant_(layer.bias, bias_const)
+    return layer
+
+
+def mlp(in_dim: int, hidden: tuple[int, ...], out_dim: int, out_std: float) -> nn.Sequential:
+    layers = []
+    for width in hidden:
+        layers += [layer_init(nn.Linear(in_dim, width)), nn.Tanh()]
+        in_dim = width
+    return nn.Sequential(*layers, layer_init(nn.Linear(in_dim, out_dim), std=out_std))
+
+
+def gae(rewards, values, gamma, gae_lambda):
+    """Advantages over the whole trial (T, B): the trial is one episode for the policy, so GAE runs across the
+    inner episodes' boundaries and nothing is bootstrapped past the trial's end."""
+    advantages, last_gae = torch.zeros_like(rewards), 0.0
+    for t in reversed(range(len(rewards))):
+        next_value = values[t + 1] if t + 1 < len(rewards) else 0.0
+        delta = rewards[t] + gamma * next_value - values[t]
+        advantages[t] = last_gae = delta + gamma * gae_lambda * last_gae
+    return advantages, advantages + values
 
 
 class RL2Agent(nn.Module):
-    """pi(a_t | GRU(s_0, ..., s_t, a_{<t}, r_{<t}, episode starts)) and its value, sharing the GRU (the RL loss trains it)."""
+    """pi(a_t | GRU(s_0..s_t, a_{<t}, r_{<t}, episode starts)) and its value, sharing the GRU (the RL loss trains it)."""
 
     def __init__(self, obs_dim: int, action_dim: int, args: Args):
         super().__init__()
@@ -165,8 +212,10 @@ class RL2Agent(nn.Module):
 
     def forward(self, inputs, hidden, action=None, deterministic=False):
         """inputs (T, B, in) from hidden (B, H) -> action, logprob, entropy, value (each (T, B[, A])), new hidden."""
-        obs, prev_action, prev_reward, episode_start = inputs.split([self.obs_dim, inputs.shape[-1] - self.obs_dim - 2, 1, 1], -1)
-        embedded = torch.cat([self.embed_action(prev_action), self.embed_state(obs), self.embed_reward(prev_reward), episode_start], -1)
+        action_dim = inputs.shape[-1] - self.obs_dim - 2
+        obs, prev_action, prev_reward, episode_start = inputs.split([self.obs_dim, action_dim, 1, 1], -1)
+        embedded = torch.cat([self.embed_action(prev_action), self.embed_state(obs), self.embed_reward(prev_reward),
+                              episode_start], -1)
         features, hidden = self.gru(embedded, hidden.unsqueeze(0))
         action_mean = self.actor_mean(features)
         probs = Normal(action_mean, self.actor_logstd.exp().expand_as(action_mean))
@@ -208,15 +257,12 @@ def evaluate(args: Args, agent, obs_rms, eval_envs, split, device) -> dict:
 
 
 if __name__ == "__main__":
-    args = tyro.cli(Args)
-    resumed = None  # --resume: the checkpoint's state, restored once everything is built
+    args = parse_args()
+    resumed = None  # --resume: the checkpoint's state and the run's own args, restored once everything is built
     if args.resume is not None:
         resumed, args = meta_test.load_resume(args)
-    try:
-        check_args(args)
-    except ValueError as error:
-        sys.exit(f"rl2_ppo_continuous.py: error: {error}")
-    args.trial_length = (1 + args.num_exploit_episodes) * args.episode_length
+    H = args.episode_length
+    args.trial_length = (1 + args.num_exploit_episodes) * H
     args.num_iterations = args.total_timesteps // (args.num_envs * args.trial_length)
     if resumed is None:
         run_dir, writer = meta_test.start_run(args)  # runs/<env_id>__<exp_name>__<seed>__<time>/, args.json
@@ -240,7 +286,7 @@ if __name__ == "__main__":
     obs_dim, action_dim = envs.single_observation_space.shape[0], envs.single_action_space.shape[0]
     task_rng = np.random.default_rng(args.seed)
     agent = RL2Agent(obs_dim, action_dim, args).to(device)
-    optimizer = optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)  # CleanRL's eps (MILET's policies: 1e-8)
+    optimizer = optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)  # CleanRL's eps (MILET's: 1e-8)
     obs_rms, return_rms = RunningMeanStd(shape=(obs_dim,)), RunningMeanStd(shape=())
 
     # ALGO Logic: Storage setup for one trial per environment
@@ -250,105 +296,106 @@ if __name__ == "__main__":
     logprobs, values, rewards = (torch.zeros((T, B), device=device) for _ in range(3))
 
     # Everything a checkpoint must hold so that --resume continues exactly as an uninterrupted run (CPU, same threads)
-    start_iteration, global_step = 0, 0
-    if resumed is not None:
+    checkpoint_path = os.path.join(run_dir, f"{args.exp_name}.pt")
+    start_iteration, global_step = 1, 0
+    if resumed is None:  # meta-test the untrained policy: the reference every later evaluation is read against
+        record = {"iteration": 0, "global_step": 0, **evaluate(args, agent, obs_rms, eval_envs, split, device)}
+        meta_test.log_evaluation(writer, run_dir, eval_lines, record)
+    else:
         agent.load_state_dict(resumed["agent"])
         optimizer.load_state_dict(resumed["optimizer"])
         (obs_rms.mean, obs_rms.var, obs_rms.count), (return_rms.mean, return_rms.var, return_rms.count) = resumed["rms"]
         meta_test.restore_random_state(resumed["rng"], task_rng, envs)
         start_iteration, global_step = resumed["iteration"] + 1, resumed["global_step"]
     start_step, start_time, sps = global_step, time.time(), 0
-    resume_path = os.path.join(run_dir, "resume.pt")
     value_loss_fn = F.smooth_l1_loss if args.huber_value_loss else F.mse_loss
     progress = tqdm(range(start_iteration, args.num_iterations + 1), desc=f"RL2 {args.env_id}", unit="it",
-                    initial=start_iteration, total=args.num_iterations + 1)
-    try:
-        for iteration in progress:
-            if iteration > 0:
-                if args.anneal_lr:
-                    optimizer.param_groups[0]["lr"] = (1.0 - (iteration - 1.0) / args.num_iterations) * args.learning_rate
+                    initial=start_iteration - 1, total=args.num_iterations)
+    for iteration in progress:
+        if args.anneal_lr:
+            optimizer.param_groups[0]["lr"] = (1.0 - (iteration - 1.0) / args.num_iterations) * args.learning_rate
 
-                # ALGO LOGIC: one trial per environment; the hidden state starts at zero and runs through all episodes
-                task_index = task_rng.integers(len(split.train_tasks), size=B)
-                obs, _ = envs.reset(seed=args.seed if iteration == 1 else None,
-                                    options={"tasks": split.train_tasks[task_index], "clusters": split.train_clusters[task_index]})
-                hidden = torch.zeros(B, args.gru_hidden_size, device=device)
-                prev_action, prev_reward = torch.zeros(B, action_dim, device=device), torch.zeros(B, device=device)
+        # ALGO LOGIC: one trial per environment; the hidden state starts at zero and runs through all episodes
+        task_index = task_rng.integers(len(split.train_tasks), size=B)
+        obs, _ = envs.reset(seed=args.seed if iteration == 1 else None,
+                            options={"tasks": split.train_tasks[task_index],
+                                     "clusters": split.train_clusters[task_index]})
+        hidden = torch.zeros(B, args.gru_hidden_size, device=device)
+        prev_action, prev_reward = torch.zeros(B, action_dim, device=device), torch.zeros(B, device=device)
+        with torch.no_grad():
+            for step in range(T):
+                global_step += B
+                obs_rms.update(obs)
+                inputs[step] = rl2_input(obs, prev_action, prev_reward, step, obs_rms, args, device)
+                action, logprob, _, value, hidden = agent(inputs[step].unsqueeze(0), hidden)
+                actions[step], logprobs[step], values[step] = action[0], logprob[0], value[0]
+                obs, reward, _, _, _ = envs.step(action[0].cpu().numpy())
+                rewards[step] = torch.as_tensor(reward, dtype=torch.float32, device=device)
+                prev_action, prev_reward = action[0], rewards[step]
+
+        # ALGO LOGIC: the objective is the whole trial's return; rewards scaled by a running std of the discounted
+        # return, which for RL2 runs across the episodes of the trial (MILET and VariBAD restart it per episode)
+        discounted = torch.zeros_like(rewards)
+        for t in range(T):
+            discounted[t] = rewards[t] + args.gamma * (discounted[t - 1] if t else 0.0)
+        return_rms.update(discounted.flatten().cpu().numpy())
+        policy_rewards = (rewards / np.sqrt(return_rms.var + 1e-8)).clamp(-10, 10)
+        advantages, returns = gae(policy_rewards, values, args.gamma, args.gae_lambda)  # across episode boundaries
+
+        # ALGO LOGIC: PPO on whole trial sequences: each minibatch is a set of trials, re-run from h = 0
+        trials_per_minibatch = B // args.num_minibatches
+        clipfracs = []
+        for epoch in range(args.update_epochs):
+            for mb in torch.randperm(B).split(trials_per_minibatch):
+                _, newlogprob, entropy, newvalue, _ = agent(
+                    inputs[:, mb], torch.zeros(len(mb), args.gru_hidden_size, device=device), actions[:, mb])
+                logratio = newlogprob - logprobs[:, mb]
+                ratio = logratio.exp()
                 with torch.no_grad():
-                    for step in range(T):
-                        global_step += B
-                        obs_rms.update(obs)
-                        inputs[step] = rl2_input(obs, prev_action, prev_reward, step, obs_rms, args, device)
-                        action, logprob, _, value, hidden = agent(inputs[step].unsqueeze(0), hidden)
-                        actions[step], logprobs[step], values[step] = action[0], logprob[0], value[0]
-                        obs, reward, _, _, _ = envs.step(action[0].cpu().numpy())
-                        rewards[step] = torch.as_tensor(reward, dtype=torch.float32, device=device)
-                        prev_action, prev_reward = action[0], rewards[step]
+                    approx_kl = ((ratio - 1) - logratio).mean()
+                    clipfracs.append(((ratio - 1.0).abs() > args.clip_coef).float().mean().item())
+                mb_advantages = advantages[:, mb]
+                if args.norm_adv:
+                    mb_advantages = (mb_advantages - mb_advantages.mean()) / (mb_advantages.std() + 1e-8)
+                clipped_ratio = ratio.clamp(1 - args.clip_coef, 1 + args.clip_coef)
+                pg_loss = torch.max(-mb_advantages * ratio, -mb_advantages * clipped_ratio).mean()
+                v_clipped = values[:, mb] + (newvalue - values[:, mb]).clamp(-args.clip_coef, args.clip_coef)
+                v_loss = 0.5 * torch.max(value_loss_fn(newvalue, returns[:, mb], reduction="none"),
+                                         value_loss_fn(v_clipped, returns[:, mb], reduction="none")).mean()
+                entropy_loss = entropy.mean()
+                loss = pg_loss - args.ent_coef * entropy_loss + v_loss * args.vf_coef
+                meta_test.check_finite({"policy_loss": pg_loss, "value_loss": v_loss}, iteration)
+                optimizer.zero_grad()
+                loss.backward()
+                nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
+                optimizer.step()
 
-                # ALGO LOGIC: the objective is the whole trial's return; rewards scaled by a running std of the discounted
-                # return, which for RL2 runs across the episodes of the trial (MILET and VariBAD restart it per episode)
-                discounted = torch.zeros_like(rewards)
-                for t in range(T):
-                    discounted[t] = rewards[t] + args.gamma * (discounted[t - 1] if t else 0.0)
-                return_rms.update(discounted.flatten().cpu().numpy())
-                policy_rewards = (rewards / np.sqrt(return_rms.var + 1e-8)).clamp(-10, 10)
-                advantages, returns = gae(policy_rewards, values, args.gamma, args.gae_lambda)  # across episode boundaries
+        writer.add_scalar("charts/learning_rate", optimizer.param_groups[0]["lr"], global_step)
+        for key, value in {"policy_loss": pg_loss.item(), "value_loss": v_loss.item(), "entropy": entropy_loss.item(),
+                           "approx_kl": approx_kl.item(), "clipfrac": float(np.mean(clipfracs))}.items():
+            writer.add_scalar(f"losses/{key}", value, global_step)
+        for episode in range(1 + args.num_exploit_episodes):
+            train_return = rewards[episode * H: (episode + 1) * H].sum(0).mean()
+            writer.add_scalar(f"charts/return_episode_{episode + 1}", train_return.item(), global_step)
+        sps = int((global_step - start_step) / (time.time() - start_time))
+        writer.add_scalar("charts/SPS", sps, global_step)
 
-                # ALGO LOGIC: PPO on whole trial sequences: each minibatch is a set of trials, re-run from h = 0
-                trials_per_minibatch = B // args.num_minibatches
-                clipfracs = []
-                for epoch in range(args.update_epochs):
-                    for mb in torch.randperm(B).split(trials_per_minibatch):
-                        _, newlogprob, entropy, newvalue, _ = agent(
-                            inputs[:, mb], torch.zeros(len(mb), args.gru_hidden_size, device=device), actions[:, mb])
-                        logratio = newlogprob - logprobs[:, mb]
-                        ratio = logratio.exp()
-                        with torch.no_grad():
-                            approx_kl = ((ratio - 1) - logratio).mean()
-                            clipfracs.append(((ratio - 1.0).abs() > args.clip_coef).float().mean().item())
-                        mb_advantages = advantages[:, mb]
-                        if args.norm_adv:
-                            mb_advantages = (mb_advantages - mb_advantages.mean()) / (mb_advantages.std() + 1e-8)
-                        pg_loss = torch.max(-mb_advantages * ratio,
-                                            -mb_advantages * ratio.clamp(1 - args.clip_coef, 1 + args.clip_coef)).mean()
-                        v_clipped = values[:, mb] + (newvalue - values[:, mb]).clamp(-args.clip_coef, args.clip_coef)
-                        v_loss = 0.5 * torch.max(value_loss_fn(newvalue, returns[:, mb], reduction="none"),
-                                                 value_loss_fn(v_clipped, returns[:, mb], reduction="none")).mean()
-                        entropy_loss = entropy.mean()
-                        loss = pg_loss - args.ent_coef * entropy_loss + v_loss * args.vf_coef
-                        check_finite({"policy_loss": pg_loss, "value_loss": v_loss}, iteration)
-                        optimizer.zero_grad()
-                        loss.backward()
-                        nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
-                        optimizer.step()
-
-                writer.add_scalar("charts/learning_rate", optimizer.param_groups[0]["lr"], global_step)
-                for key, value in {"policy_loss": pg_loss.item(), "value_loss": v_loss.item(), "entropy": entropy_loss.item(),
-                                   "approx_kl": approx_kl.item(), "clipfrac": float(np.mean(clipfracs))}.items():
-                    writer.add_scalar(f"losses/{key}", value, global_step)
-                for episode in range(1 + args.num_exploit_episodes):
-                    train_return = rewards[episode * args.episode_length: (episode + 1) * args.episode_length].sum(0).mean()
-                    writer.add_scalar(f"charts/return_episode_{episode + 1}", train_return.item(), global_step)
-                writer.add_scalar("charts/SPS", int((global_step - start_step) / (time.time() - start_time)), global_step)
-
-            # meta-test evaluation before training, every eval_every iterations and at the end
-            if iteration % args.eval_every == 0 or iteration == args.num_iterations:
-                record = {"iteration": iteration, "global_step": global_step,
-                          **evaluate(args, agent, obs_rms, eval_envs, split, device)}
-                meta_test.log_evaluation(writer, run_dir, eval_lines, record)
-                if args.save_model:
-                    meta_test.torch_save_atomic(os.path.join(run_dir, "rl2.pt"), {"args": vars(args), "agent": agent.state_dict(), "iteration": iteration,
-                                                "obs_rms": (obs_rms.mean, obs_rms.var, obs_rms.count)})
-            if iteration > 0 and (iteration % args.checkpoint_every == 0 or iteration == args.num_iterations):
-                meta_test.torch_save_atomic(resume_path, {"args": vars(args), "iteration": iteration, "global_step": global_step,
-                            "agent": agent.state_dict(), "optimizer": optimizer.state_dict(),
-                            "rms": [(rms.mean, rms.var, rms.count) for rms in (obs_rms, return_rms)],
-                            "rng": meta_test.random_state(task_rng, envs)})
-            sps = int((global_step - start_step) / max(time.time() - start_time, 1e-9))
-            progress.set_postfix(SPS=sps, eval_return_2=round(record["return_episode_2"], 1))
-    except FloatingPointError as error:
-        writer.close()
-        sys.exit(f"rl2_ppo_continuous.py: error: {error}")
+        # meta-test evaluation every eval_every iterations and at the end
+        if iteration % args.eval_every == 0 or iteration == args.num_iterations:
+            record = {"iteration": iteration, "global_step": global_step,
+                      **evaluate(args, agent, obs_rms, eval_envs, split, device)}
+            meta_test.log_evaluation(writer, run_dir, eval_lines, record)
+            if args.save_model:
+                meta_test.torch_save_atomic(checkpoint_path, {
+                    "args": vars(args), "agent": agent.state_dict(), "iteration": iteration,
+                    "obs_rms": (obs_rms.mean, obs_rms.var, obs_rms.count)})
+        if iteration % args.checkpoint_every == 0 or iteration == args.num_iterations:
+            meta_test.torch_save_atomic(os.path.join(run_dir, "resume.pt"), {
+                "args": vars(args), "iteration": iteration, "global_step": global_step,
+                "agent": agent.state_dict(), "optimizer": optimizer.state_dict(),
+                "rms": [(rms.mean, rms.var, rms.count) for rms in (obs_rms, return_rms)],
+                "rng": meta_test.random_state(task_rng, envs)})
+        progress.set_postfix(SPS=sps, eval_return_2=round(record["return_episode_2"], 1))
 
     meta_test.write_atomic(os.path.join(run_dir, "summary.json"),
                            json.dumps(meta_test.summary(args, global_step, sps, record), indent=1))

@@ -333,8 +333,8 @@ def test_humanoid_policy_acts_in_unit_box_rescaled_to_the_env():
     """The policies act in [-1, 1] and the training script's make_env rescales to Humanoid's +-0.4 box (the authors'
     policies did the same); without it, std-1 Gaussian actions clipped to +-0.4 saturate 69% of the components."""
     import milet_ppo_continuous as milet
-    args = milet.Args(env_id="HumanoidDir", num_envs=2, num_minibatches=1, episode_length=3)
-    milet.check_args(args)
+    args = milet.parse_args(["--env-id", "HumanoidDir", "--num-envs", "2", "--num-minibatches", "1",
+                             "--episode-length", "3"])
     envs = milet.make_env(args, 2, seed=0)
     unit_box = envs.env.single_action_space  # ClipAction (outer) takes any action, RescaleAction maps [-1, 1]
     assert (unit_box.low == -1).all() and (unit_box.high == 1).all()
@@ -342,6 +342,5 @@ def test_humanoid_policy_acts_in_unit_box_rescaled_to_the_env():
     to_env = lambda a: envs.env.actions(envs.actions(a))  # noqa: E731  what the env receives: clip, then rescale
     np.testing.assert_allclose(to_env(np.full((2, 17), 0.5, np.float32)), 0.2, rtol=1e-6)
     np.testing.assert_allclose(to_env(np.full((2, 17), 3.0, np.float32)), 0.4, rtol=1e-6)  # clipped at 1 first
-    ant = milet.Args(env_id="AntGoal")
-    milet.check_args(ant)
+    ant = milet.parse_args(["--env-id", "AntGoal"])
     assert not isinstance(milet.make_env(ant, 2, seed=0).env, gym.wrappers.vector.RescaleAction)  # already [-1, 1]

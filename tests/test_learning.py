@@ -81,6 +81,7 @@ def test_thresholds_sit_above_chance_and_below_every_calibrated_seed():
     assert gain > 4 * EPISODE_2_GAIN_THRESHOLD["milet"] and nmi >= NMI_THRESHOLD + 0.15
 
 
+@pytest.mark.learning
 @pytest.mark.parametrize("method", SCRIPTS)
 def test_default_pointgoal_run_learns(tmp_path, method):
     env = dict(os.environ, OMP_NUM_THREADS="1")  # one thread, as in the calibration, for identical numbers

@@ -43,10 +43,20 @@ def only_run_dir(tmp_path):
     (["--eval-every", "0"], "--eval-every must be >= 1"),
     (["--async-envs"], "--async-envs is for the MuJoCo envs"),
 ])
-def test_bad_input_is_rejected_with_one_line_before_anything_is_written(tmp_path, flags, message):
-    result = run_script(tmp_path, *flags, check=False)
-    assert result.returncode != 0
-    assert message in result.stderr
+def test_bad_input_is_rejected_with_one_line(flags, message, monkeypatch):
+    """parse_args stops with `milet_ppo_continuous.py: error: ...` (one line) before the script builds anything."""
+    import milet_ppo_continuous as milet
+
+    monkeypatch.setattr(sys, "argv", [SCRIPT])
+    with pytest.raises(SystemExit) as stop:
+        milet.parse_args(flags)
+    assert str(stop.value.code).startswith("milet_ppo_continuous.py: error: ") and message in str(stop.value.code)
+    assert "\n" not in str(stop.value.code)
+
+
+def test_bad_input_from_the_command_line_writes_nothing(tmp_path):
+    result = run_script(tmp_path, "--env-id", "AntGoall", check=False)
+    assert result.returncode != 0 and "unknown --env-id 'AntGoall'" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert os.listdir(tmp_path) == []
 
@@ -79,11 +89,13 @@ def test_every_env_runs_two_iterations_end_to_end(tmp_path, env_id):
 def test_per_env_defaults_fill_only_the_flags_left_unset():
     import milet_ppo_continuous as milet
 
-    args = milet.Args(env_id="HopperRandParams", kl_weight=0.5)
-    milet.check_args(args)
+    args = milet.parse_args(["--env-id", "HopperRandParams", "--kl-weight", "0.5"])
     assert args.kl_weight == 0.5 and args.lambda_s == 1.0 and args.exploit_lr == 5e-4
     assert args.policy_layers == (128, 128) and args.total_timesteps == 10_000_000
-    assert all(getattr(milet.Args(), name) is None for name in milet.ENV_DEFAULTS["AntGoal"])
+    # every row is complete, and PointGoal's row is what Args() shows (no None defaults left)
+    assert all(set(row) == set(milet.ENV_DEFAULTS["AntGoal"]) for row in milet.ENV_DEFAULTS.values())
+    assert all(getattr(milet.Args(), name) == value for name, value in milet.ENV_DEFAULTS["PointGoal"].items())
+    assert milet.parse_args([]) == milet.Args()
 
 
 def test_ablation_flags_and_any_cluster_count_run(tmp_path):
@@ -101,7 +113,7 @@ def test_checkpoint_reruns_the_same_evaluation(tmp_path):
     run_script(tmp_path, *tiny(), "--save-model")
     run_dir = only_run_dir(tmp_path)
     summary = json.load(open(os.path.join(run_dir, "summary.json")))
-    result = subprocess.run([sys.executable, SCRIPT, "--eval-checkpoint", os.path.join(run_dir, "milet.pt")],
+    result = subprocess.run([sys.executable, SCRIPT, "--eval-checkpoint", os.path.join(run_dir, "milet_ppo_continuous.pt")],
                             capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     rerun = json.loads(result.stdout.strip().splitlines()[-1])
@@ -135,7 +147,7 @@ def test_nan_loss_stops_with_the_term_named_and_keeps_the_checkpoint(tmp_path, m
         runpy.run_path(SCRIPT, run_name="__main__")
     assert "loss term 'kl_z' is nan at iteration 2" in str(stop.value.code)
     run_dir = only_run_dir(tmp_path)
-    checkpoint = torch.load(os.path.join(run_dir, "milet.pt"), weights_only=False)
+    checkpoint = torch.load(os.path.join(run_dir, "milet_ppo_continuous.pt"), weights_only=False)
     assert checkpoint["iteration"] == 1
     assert [json.loads(line)["iteration"] for line in open(os.path.join(run_dir, "eval.jsonl"))] == [0, 1]
     assert not os.path.exists(os.path.join(run_dir, "summary.json"))

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 import plots
-from cbvi import gamma_c, gamma_h
 from test_milet import ROOT, SCRIPT, tiny
 
 PLOTS = os.path.join(ROOT, "plots.py")
@@ -88,14 +87,19 @@ def test_params_heatmap_is_the_mean_multiplier_per_inferred_cluster(runs):
     np.testing.assert_allclose(fig.axes[0].images[0].get_array()[0, 0], expected)
 
 
-def test_schedules_are_eq_12():
+def test_schedules_are_the_training_scripts_eq_12():
+    """plots.py draws Fig. 6 with its own copy of Eq. 12 and the training script's default parameters."""
     import torch
 
+    import milet_ppo_continuous as milet
+
+    args = milet.Args()
+    assert plots.SCHEDULE_DEFAULTS == {name: getattr(args, name) for name in plots.SCHEDULE_DEFAULTS}
     fig = plots.plot_schedules(horizon=100)
     h_line, c_line = fig.axes[0].lines[:2]
-    t = torch.arange(101, dtype=torch.float32)
-    np.testing.assert_allclose(h_line.get_ydata(), gamma_h(t, 100), atol=1e-7)
-    np.testing.assert_allclose(c_line.get_ydata(), gamma_c(t, 100), atol=1e-7)
+    gamma_h, gamma_c = milet.reward_weights(torch.arange(101, dtype=torch.float32), 100, args)
+    np.testing.assert_allclose(h_line.get_ydata(), gamma_h, atol=1e-7)
+    np.testing.assert_allclose(c_line.get_ydata(), gamma_c, atol=1e-7)
 
 
 def test_table_numbers_match_a_computation_of_their_own(runs):
