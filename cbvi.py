@@ -1,4 +1,4 @@
-"""Cluster-based variational inference (CBVI) for MILET, plus its exploration rewards.
+"""Cluster-based variational inference (CBVI) for MILET, and the trial buffer it trains on.
 
 This file holds the task-inference half of MILET ("Meta reInforcement Learning via Exploratory
 clusTering"):
@@ -8,9 +8,9 @@ clusTering"):
   reward/state decoders. ``CBVI.loss`` is the objective of Section 4.1: the per-prefix ELBO
   (Eq. 4, 5; derivation in Appendix A), the in-trial consistency L_I (Eq. 6), the prior
   consistency L_P (Eq. 7) and their sum (Eq. 8, written as a loss to minimise).
-* ``exploration_rewards``: the intrinsic rewards of Section 4.2, r_h (Eq. 10) and r_c (Eq. 11).
-* ``gamma_h`` / ``gamma_c``: their time-dependent weights (the schedules next to Eq. 12).
 * ``TrialBuffer``: the buffer V of whole trials that CBVI trains on (Algorithm 1).
+The exploration rewards built from the cluster posterior (Sec. 4.2, Eq. 9-12) are in milet_ppo_continuous.py,
+next to where the exploration policy's reward is formed.
 
 Conventions: sequences are time-major (T, B, .). A "prefix" tau_:t holds the first t transitions
 (a_i, s_{i+1}, r_i), i < t, so a trial of length T has T + 1 prefixes t = 0..T; prefix 0 is the
@@ -23,7 +23,6 @@ head instead -- an equivalent parameterisation.
 import copy
 from typing import NamedTuple
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -73,14 +72,21 @@ class SplitDecoder(nn.Module):
         return self.rest(F.relu(self.from_z(z) + x_part))
 
     def forward(self, z, x):  # z (P, 1, B, L), x (T, B, F) -> (P, T, B, out)
-        """While training, decode one prefix at a time and recompute its activations in the backward pass
-        (torch.utils.checkpoint): the hidden layers of all P x T x B decodings (AntGoal: 500,000 rows of 64) are
-        never held at once. Same values as one pass; for AntGoal's CBVI update about 250 MiB less peak memory and
-        no slower (measured: benchmarks/bench_milet.py)."""
+        return self._decode(z, self.from_x(x))
+
+    def squared_error(self, z, x, target):  # z (P, 1, B, L), x (T, B, F), target (T, B, out) -> (P,)
+        """Each prefix's mean squared error over the steps, trials and output dimensions: what the losses need, without
+        the (P, T, B, out) decodings. While training, each prefix runs under torch.utils.checkpoint and returns only
+        its scalar, so the hidden layers of all P x T x B decodings (AntGoal: 500,000 rows of 64) are never held at
+        once: they are recomputed in the backward pass. Same values as decoding everything in one pass."""
         x_part = self.from_x(x)
+
+        def prefix_error(z_prefix, x_part):
+            return (self._decode(z_prefix, x_part) - target).pow(2).mean().unsqueeze(0)
+
         if not torch.is_grad_enabled():
-            return self._decode(z, x_part)
-        return torch.cat([checkpoint(self._decode, z_prefix, x_part, use_reentrant=False) for z_prefix in z.split(1)])
+            return (self._decode(z, x_part) - target).pow(2).mean(dim=(1, 2, 3))
+        return torch.cat([checkpoint(prefix_error, z_prefix, x_part, use_reentrant=False) for z_prefix in z.split(1)])
 
 
 class CBVI(nn.Module):
@@ -229,11 +235,9 @@ class CBVI(nn.Module):
         # state's dimensions, so the KL weights below mean what they meant in those configs.
         e_s, e_a, e_s1 = (self.dec_embed_state(obs), self.dec_embed_action(actions),
                           self.dec_embed_state(next_obs))
-        r_hat = self.reward_decoder(z, torch.cat([e_s, e_a, e_s1], dim=-1))   # (P, T, B, 1)
-        reward_rec = (r_hat - rewards).pow(2).mean()
+        reward_rec = self.reward_decoder.squared_error(z, torch.cat([e_s, e_a, e_s1], dim=-1), rewards).mean()
         if self.state_decoder is not None:
-            s_hat = self.state_decoder(z, torch.cat([e_s, e_a], dim=-1))       # (P, T, B, S)
-            state_rec = (s_hat - next_obs).pow(2).mean()
+            state_rec = self.state_decoder.squared_error(z, torch.cat([e_s, e_a], dim=-1), next_obs).mean()
         else:
             state_rec = reward_rec.new_zeros(())
 
@@ -255,35 +259,6 @@ class CBVI(nn.Module):
         return {"reward_reconstruction": reward_rec, "state_reconstruction": state_rec,
                 "kl_z": kl_z, "kl_c": kl_c, "consistency_l_i": consistency,
                 "prior_l_p": prior_cons, "total": total}
-
-
-# ------------------------------------------------------------------------ exploration rewards
-def exploration_rewards(cluster_probs):
-    """cluster_probs (T+1, B, K) = q(c | tau_:t), t = 0..T -> (r_h, r_c), each (T, B).
-
-    The first term is q(c | tau_:0) = p(c) = U(K) (CBVI.initial_belief), the same uniform the authors'
-    code put there as a stand-in.
-    """
-    q = Categorical(probs=cluster_probs)
-    entropy = q.entropy()                                         # (T+1, B)
-    r_h = entropy[:-1] - entropy[1:]                              # Eq. 10: r_h = H(q_t) - H(q_{t+1})
-    r_c = -kl_divergence(Categorical(probs=cluster_probs[:-1]),
-                         Categorical(probs=cluster_probs[1:]))   # Eq. 11: r_c = -KL(q_t || q_{t+1})
-    return r_h, r_c
-
-
-def _exp(x):
-    return torch.exp(x) if isinstance(x, Tensor) else np.exp(x)
-
-
-def gamma_h(t, horizon, a_h=0.1, b_h=0.1, s_h=0.1):
-    """Eq. 12 schedule: b_h - a_h exp(-s_h (H - t)); about 0.1 early, 0 at t = H."""
-    return b_h - a_h * _exp(-s_h * (horizon - t))
-
-
-def gamma_c(t, horizon, a_c=0.2, b_c=0.1, s_c=0.1):
-    """Eq. 12 schedule: -b_c + a_c exp(-s_c (H - t)); about -0.1 early, 0.1 at t = H."""
-    return -b_c + a_c * _exp(-s_c * (horizon - t))
 
 
 # ------------------------------------------------------------------------------ trial buffer

@@ -1,4 +1,4 @@
-"""VariBAD (Zintgraf et al., 2020) with PPO for continuous actions: the single-Gaussian baseline of MILET (CleanRL style).
+"""VariBAD (Zintgraf et al., 2020) with PPO for continuous actions: MILET's single-Gaussian baseline (CleanRL style).
 
 VariBAD is MILET without clusters and without an exploration policy:
   * one PPO policy on [normalised state, latent mean, latent log-variance] acts in every episode of the trial;
@@ -6,8 +6,9 @@ VariBAD is MILET without clusters and without an exploration policy:
     a reward decoder (and a state decoder when lambda_s > 0);
   * the ELBO runs over all prefixes tau_:t of the trial; its KL goes to the PREVIOUS posterior q(m | tau_:t-1)
     (prefix 0 to N(0, I)), where MILET has a learned per-cluster prior p(z | c), Gumbel clusters and L_I, L_P.
-The policy loss does not train the encoder. The embeddings, decoders, trial buffer, PPO update and evaluation are
-MILET's own (cbvi.py, milet_ppo_continuous.py, meta_test.py); what differs is written out here.
+The policy loss does not train the encoder. The embeddings, decoders and trial buffer are MILET's (cbvi.py), the
+evaluation is the shared protocol (meta_test.py); the PPO agent and update are copied from milet_ppo_continuous.py,
+CleanRL style, so that this file stands alone.
 
     python varibad_ppo_continuous.py                    # PointGoal
     python varibad_ppo_continuous.py --env-id AntGoal
@@ -17,24 +18,26 @@ MILET's own (cbvi.py, milet_ppo_continuous.py, meta_test.py); what differs is wr
 import json
 import os
 import random
-import sys
 import time
 from dataclasses import dataclass
 from typing import Optional
 
+import gymnasium as gym
 import numpy as np
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 import torch.optim as optim
 import tyro
 from gymnasium.wrappers.utils import RunningMeanStd
 from torch.distributions import kl_divergence
+from torch.distributions.normal import Normal
 from tqdm import tqdm
 
 import envs_clustered
 import meta_test
-from cbvi import SplitDecoder, TrialBuffer, gaussian, mlp
-from milet_ppo_continuous import ENV_DEFAULTS, Agent, check_finite, check_trial_args, gae, make_env, ppo_update
+from cbvi import SplitDecoder, TrialBuffer, gaussian
+from cbvi import mlp as embedding_mlp
 
 
 @dataclass
@@ -56,7 +59,7 @@ class Args:
     runs_dir: str = "runs"
     """folder that receives runs/<run_name>/ (tensorboard events, eval.jsonl, summary.json, checkpoint)"""
     save_model: bool = False
-    """if toggled, save a checkpoint (runs/<run_name>/varibad.pt) at every evaluation"""
+    """if toggled, save a checkpoint (runs/<run_name>/<exp_name>.pt) at every evaluation"""
     eval_every: int = 25
     """meta-test evaluation every this many iterations (and before training and at the end)"""
     checkpoint_every: int = 100
@@ -71,8 +74,8 @@ class Args:
     """the environment id, one of envs_clustered.ENV_IDS"""
     task_seed: int = 0
     """seed of the 500 train / 32 test task split (kept fixed across training seeds)"""
-    total_timesteps: Optional[int] = None
-    """total environment frames of the experiment (None: MILET's budget for the env, 2M on PointGoal)"""
+    total_timesteps: int = 2_000_000
+    """total environment frames of the experiment [per env: meta_test.TOTAL_TIMESTEPS, the same for every method]"""
     num_envs: int = 16
     """the number of parallel trials (one task each) per iteration"""
     episode_length: int = 100
@@ -99,8 +102,8 @@ class Args:
     """hidden layers of the reward decoder"""
     state_decoder_layers: tuple[int, ...] = (64, 32)
     """hidden layers of the state decoder (used only when lambda_s > 0)"""
-    lambda_s: Optional[float] = None
-    """weight of the state reconstruction (None: 1 for the rand-params envs, else 0, as MILET)"""
+    lambda_s: float = 0.0
+    """weight of the state reconstruction: 1 for the rand-params envs, else 0, as MILET [per env: ENV_DEFAULTS]"""
     kl_weight: float = 0.1
     """weight of the KL terms (VariBAD's AntGoal config; MILET's PointGoal preset uses 1 for its cluster prior)"""
     vae_lr: float = 1e-3
@@ -109,14 +112,14 @@ class Args:
     """capacity of the VAE trial buffer, in trials"""
     vae_batch_size: int = 50
     """trials per VAE update"""
-    vae_updates: Optional[int] = None
-    """VAE updates per iteration (None: 4 on PointGoal, as MILET's preset, else 1)"""
+    vae_updates: int = 4
+    """VAE updates per iteration [per env: ENV_DEFAULTS]"""
     vae_num_prefixes: int = 10
     """prefixes whose latent decodes the trial, a random subset (VariBAD subsamples ELBOs too); 0 uses all"""
 
     # PPO
     learning_rate: float = 1e-3
-    """policy learning rate (VariBAD's AntGoal config as docs/paper_settings.md gives it, and MILET's PointGoal preset)"""
+    """policy learning rate (VariBAD's AntGoal config, docs/paper_settings.md, and MILET's PointGoal preset)"""
     anneal_lr: bool = True
     """toggle learning rate annealing"""
     policy_layers: tuple[int, ...] = (128, 128)
@@ -125,16 +128,16 @@ class Args:
     """the discount factor gamma"""
     gae_lambda: float = 0.9
     """the lambda for the general advantage estimation"""
-    num_minibatches: Optional[int] = None
-    """the number of mini-batches per PPO epoch (None: 4 on PointGoal, as MILET's preset, else VariBAD's 1)"""
-    update_epochs: Optional[int] = None
-    """the K epochs to update the policy (None: 4 on PointGoal, as MILET's preset, else VariBAD's 2)"""
+    num_minibatches: int = 4
+    """the number of mini-batches per PPO epoch [per env: ENV_DEFAULTS]"""
+    update_epochs: int = 4
+    """the K epochs to update the policy [per env: ENV_DEFAULTS]"""
     norm_adv: bool = True
     """toggles advantages normalization"""
-    clip_coef: Optional[float] = None
-    """the surrogate clipping coefficient (None: 0.2 on PointGoal, as MILET's preset, else VariBAD's 0.05)"""
-    ent_coef: Optional[float] = None
-    """coefficient of the entropy (None: 1e-3 on PointGoal, between MILET's 1e-4 (exploit) and 1e-2 (explore), else VariBAD's 0.01)"""
+    clip_coef: float = 0.2
+    """the surrogate clipping coefficient (also clips the value loss) [per env: ENV_DEFAULTS]"""
+    ent_coef: float = 1e-3
+    """coefficient of the entropy [per env: ENV_DEFAULTS]"""
     huber_value_loss: bool = True
     """Huber (smooth L1) clipped value loss, as MILET; --no-huber-value-loss uses the squared error"""
     vf_coef: float = 0.5
@@ -149,22 +152,119 @@ class Args:
     """the number of iterations (computed in runtime)"""
 
 
-# Unset flags: PointGoal takes MILET's quick preset (milet_ppo_continuous.ENV_DEFAULTS); other envs the settings of
-# VariBAD's AntGoal config (docs/paper_settings.md). Every env keeps MILET's frame budget, so that all methods get the same frames.
-POINTGOAL = dict(vae_updates=4, num_minibatches=4, update_epochs=4, clip_coef=0.2, ent_coef=1e-3)
-VARIBAD = dict(vae_updates=1, num_minibatches=1, update_epochs=2, clip_coef=0.05, ent_coef=0.01)
+# Per-env defaults, one complete row per env: VariBAD's AntGoal config (docs/paper_settings.md) on every MuJoCo env,
+# and on PointGoal the PPO and VAE steps of MILET's quick preset (entropy 1e-3: between MILET's 1e-4 for pi_phi and
+# 1e-2 for pi_psi). The PointGoal row is also Args' defaults; `--env-id X` puts X's row under the flags. lambda_s is
+# MILET's: the rand-params clusters differ in dynamics. The frame budget is the protocol's (meta_test.TOTAL_TIMESTEPS).
+COLUMNS = ("vae_updates", "num_minibatches", "update_epochs", "clip_coef", "ent_coef", "lambda_s")
+TABLE = {  #             VAE updates  minibatches  epochs  clip  entropy  lambda_s
+    "PointGoal":         (4,           4,           4,      0.2,  1e-3,    0.0),
+    "AntGoal":           (1,           1,           2,      0.05, 0.01,    0.0),
+    "AntGoalPartial":    (1,           1,           2,      0.05, 0.01,    0.0),
+    "AntU":              (1,           1,           2,      0.05, 0.01,    0.0),
+    "HumanoidDir":       (1,           1,           2,      0.05, 0.01,    0.0),
+    "HumanoidDirSparse": (1,           1,           2,      0.05, 0.01,    0.0),
+    "HopperRandParams":  (1,           1,           2,      0.05, 0.01,    1.0),
+    "WalkerRandParams":  (1,           1,           2,      0.05, 0.01,    1.0),
+}
+ENV_DEFAULTS = {env_id: dict(zip(COLUMNS, row), total_timesteps=meta_test.TOTAL_TIMESTEPS[env_id])
+                for env_id, row in TABLE.items()}
 
 
-def check_args(args: Args) -> None:
-    """Fill the per-env defaults, then reject impossible settings with one clear line before anything is written."""
-    if args.env_id not in envs_clustered.ENV_IDS:
-        raise ValueError(f"unknown --env-id {args.env_id!r}; valid ids: {', '.join(envs_clustered.ENV_IDS)}")
-    defaults = dict(POINTGOAL if args.env_id == "PointGoal" else VARIBAD,
-                    total_timesteps=ENV_DEFAULTS[args.env_id]["total_timesteps"], lambda_s=ENV_DEFAULTS[args.env_id]["lambda_s"])
-    for name, value in defaults.items():
-        if getattr(args, name) is None:
-            setattr(args, name, value)
-    check_trial_args(args, ("vae_updates", "vae_batch_size", "checkpoint_every"))
+def parse_args(argv: Optional[list[str]] = None) -> Args:
+    """tyro reads the flags on top of --env-id's row of ENV_DEFAULTS (so --help shows the values that env runs with),
+    then the settings are checked with one clear line each, before anything is written."""
+    env_id = meta_test.peek_env_id(argv, ENV_DEFAULTS)
+    args = tyro.cli(Args, args=argv, default=Args(env_id=env_id, **ENV_DEFAULTS[env_id]))
+    meta_test.check_trial_args(args, ("vae_updates", "vae_batch_size", "checkpoint_every"))
+    return args
+
+
+def make_env(args: Args, num_envs: int, seed: int) -> gym.vector.VectorEnv:
+    """num_envs task slots, each a trial of 1 + N episodes of H steps (envs_clustered.py). The policy acts in
+    [-1, 1]^A, rescaled to the env's box (Humanoid: +-0.4)."""
+    envs = envs_clustered.make_vector_env(
+        args.env_id, num_envs, episode_length=args.episode_length, num_episodes=1 + args.num_exploit_episodes,
+        seed=seed, asynchronous=args.async_envs, native=not args.gymnasium_envs, physics_threads=args.physics_threads,
+    )
+    space, unit = envs.single_action_space, np.ones(envs.single_action_space.shape, dtype=np.float32)
+    if not (np.array_equal(space.low, -unit) and np.array_equal(space.high, unit)):  # Humanoid's +-0.4
+        envs = gym.wrappers.vector.RescaleAction(envs, -unit, unit)
+    return gym.wrappers.vector.ClipAction(envs)
+
+
+def layer_init(layer, std=np.sqrt(2), bias_const=0.0):
+    torch.nn.init.orthogonal_(layer.weight, std)
+    torch.nn.init.constant_(layer.bias, bias_const)
+    return layer
+
+
+def mlp(in_dim: int, hidden: tuple[int, ...], out_dim: int, out_std: float) -> nn.Sequential:
+    layers = []
+    for width in hidden:
+        layers += [layer_init(nn.Linear(in_dim, width)), nn.Tanh()]
+        in_dim = width
+    return nn.Sequential(*layers, layer_init(nn.Linear(in_dim, out_dim), std=out_std))
+
+
+class Agent(nn.Module):
+    """The PPO actor-critic on policy_input: [normalised state, latent mean, latent log-variance]."""
+
+    def __init__(self, input_dim: int, action_dim: int, hidden: tuple[int, ...]):
+        super().__init__()
+        self.critic = mlp(input_dim, hidden, 1, out_std=1.0)
+        self.actor_mean = mlp(input_dim, hidden, action_dim, out_std=0.01)
+        self.actor_logstd = nn.Parameter(torch.zeros(1, action_dim))  # state-independent, initialised to log 1
+
+    def get_action_and_value(self, x, action=None, deterministic=False):
+        action_mean = self.actor_mean(x)
+        probs = Normal(action_mean, self.actor_logstd.expand_as(action_mean).exp())
+        if action is None:
+            action = action_mean if deterministic else probs.sample()
+        return action, probs.log_prob(action).sum(1), probs.entropy().sum(1), self.critic(x).squeeze(-1)
+
+
+def gae(rewards, values, gamma, gae_lambda):
+    """Advantages over the whole trial (T, B): the trial is one episode for the policy, so GAE runs across the
+    inner episodes' boundaries and nothing is bootstrapped past the trial's end."""
+    advantages, last_gae = torch.zeros_like(rewards), 0.0
+    for t in reversed(range(len(rewards))):
+        next_value = values[t + 1] if t + 1 < len(rewards) else 0.0
+        delta = rewards[t] + gamma * next_value - values[t]
+        advantages[t] = last_gae = delta + gamma * gae_lambda * last_gae
+    return advantages, advantages + values
+
+
+def ppo_update(agent, optimizer, inputs, actions, logprobs, advantages, returns, values, args, iteration):
+    """CleanRL's PPO update on the flat batch, with the authors' Huber clipped value loss."""
+    value_loss_fn = F.smooth_l1_loss if args.huber_value_loss else F.mse_loss
+    minibatch_size = len(inputs) // args.num_minibatches
+    clipfracs = []
+    for epoch in range(args.update_epochs):
+        for mb in torch.randperm(len(inputs)).split(minibatch_size):
+            _, newlogprob, entropy, newvalue = agent.get_action_and_value(inputs[mb], actions[mb])
+            logratio = newlogprob - logprobs[mb]
+            ratio = logratio.exp()
+            with torch.no_grad():
+                approx_kl = ((ratio - 1) - logratio).mean()
+                clipfracs.append(((ratio - 1.0).abs() > args.clip_coef).float().mean().item())
+            mb_advantages = advantages[mb]
+            if args.norm_adv:
+                mb_advantages = (mb_advantages - mb_advantages.mean()) / (mb_advantages.std() + 1e-8)
+            clipped_ratio = ratio.clamp(1 - args.clip_coef, 1 + args.clip_coef)
+            pg_loss = torch.max(-mb_advantages * ratio, -mb_advantages * clipped_ratio).mean()
+            v_clipped = values[mb] + (newvalue - values[mb]).clamp(-args.clip_coef, args.clip_coef)
+            v_loss = 0.5 * torch.max(value_loss_fn(newvalue, returns[mb], reduction="none"),
+                                     value_loss_fn(v_clipped, returns[mb], reduction="none")).mean()
+            entropy_loss = entropy.mean()
+            loss = pg_loss - args.ent_coef * entropy_loss + v_loss * args.vf_coef
+            meta_test.check_finite({"policy_loss": pg_loss, "value_loss": v_loss}, iteration)
+            optimizer.zero_grad()
+            loss.backward()
+            nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
+            optimizer.step()
+    return {"policy_loss": pg_loss.item(), "value_loss": v_loss.item(), "entropy": entropy_loss.item(),
+            "approx_kl": approx_kl.item(), "clipfrac": float(np.mean(clipfracs))}
 
 
 class VariBADVAE(nn.Module):
@@ -173,21 +273,24 @@ class VariBADVAE(nn.Module):
     def __init__(self, obs_dim: int, action_dim: int, args: Args):
         super().__init__()
         action_embed, state_embed, reward_embed = args.encoder_embed_sizes
-        self.embed_action = mlp([action_dim, action_embed], out_act=True)
-        self.embed_state = mlp([obs_dim, state_embed], out_act=True)
-        self.embed_reward = mlp([1, reward_embed], out_act=True)
+        self.embed_action = embedding_mlp([action_dim, action_embed], out_act=True)
+        self.embed_state = embedding_mlp([obs_dim, state_embed], out_act=True)
+        self.embed_reward = embedding_mlp([1, reward_embed], out_act=True)
         self.gru = nn.GRU(action_embed + state_embed + reward_embed, args.encoder_hidden_size)
         self.latent_head = nn.Linear(args.encoder_hidden_size, 2 * args.latent_dim)  # mean and log-variance
-        self.dec_embed_state = mlp([obs_dim, state_embed], out_act=True)
-        self.dec_embed_action = mlp([action_dim, action_embed], out_act=True)
-        self.reward_decoder = SplitDecoder(args.latent_dim, 2 * state_embed + action_embed, args.reward_decoder_layers, 1)
-        self.state_decoder = (SplitDecoder(args.latent_dim, state_embed + action_embed, args.state_decoder_layers, obs_dim)
+        self.dec_embed_state = embedding_mlp([obs_dim, state_embed], out_act=True)
+        self.dec_embed_action = embedding_mlp([action_dim, action_embed], out_act=True)
+        self.reward_decoder = SplitDecoder(args.latent_dim, 2 * state_embed + action_embed,
+                                           args.reward_decoder_layers, 1)
+        self.state_decoder = (SplitDecoder(args.latent_dim, state_embed + action_embed,
+                                           args.state_decoder_layers, obs_dim)
                               if args.lambda_s > 0 else None)
         self.hidden_size, self.args = args.encoder_hidden_size, args
 
     def encode(self, actions, next_obs, rewards, hidden):
         """(T, B, .) transitions from hidden (B, H) -> latent mean, log-variance (T, B, L) and the new hidden."""
-        emb = torch.cat([self.embed_action(actions), self.embed_state(next_obs), self.embed_reward(rewards.unsqueeze(-1))], -1)
+        emb = torch.cat([self.embed_action(actions), self.embed_state(next_obs),
+                         self.embed_reward(rewards.unsqueeze(-1))], -1)
         out, hidden = self.gru(emb, hidden.unsqueeze(0))
         mean, logvar = self.latent_head(out).chunk(2, dim=-1)
         return mean, logvar, hidden[0]
@@ -202,9 +305,11 @@ class VariBADVAE(nn.Module):
         """-ELBO over the prefixes t = 0..T of whole time-major trials (VariBAD's Eq. 8 as a loss)."""
         T, B = actions.shape[:2]
         _, mean0, logvar0 = self.initial_belief(B, actions.device)
-        mean, logvar, _ = self.encode(actions, next_obs, rewards, torch.zeros(B, self.hidden_size, device=actions.device))
+        mean, logvar, _ = self.encode(actions, next_obs, rewards,
+                                      torch.zeros(B, self.hidden_size, device=actions.device))
         mean, logvar = torch.cat([mean0.unsqueeze(0), mean]), torch.cat([logvar0.unsqueeze(0), logvar])  # (T+1, B, L)
-        # KL(q(m | tau_:t) || q(m | tau_:t-1)) for t >= 1 and KL(q(m | tau_:0) || N(0, I)): the previous posterior is the prior
+        # KL(q(m | tau_:t) || q(m | tau_:t-1)) for t >= 1 and KL(q(m | tau_:0) || N(0, I)): the previous posterior is
+        # the prior
         prior_mean = torch.cat([torch.zeros_like(mean[:1]), mean[:-1]])
         prior_logvar = torch.cat([torch.zeros_like(logvar[:1]), logvar[:-1]])
         kl = kl_divergence(gaussian(mean, logvar), gaussian(prior_mean, prior_logvar)).mean()
@@ -215,11 +320,13 @@ class VariBADVAE(nn.Module):
         latent = gaussian(mean, logvar).rsample().unsqueeze(1)  # (P, 1, B, L)
         # every prefix's latent reconstructs the WHOLE trial (past and future), as VariBAD and MILET's Eq. 5
         e_s, e_a, e_s1 = self.dec_embed_state(obs), self.dec_embed_action(actions), self.dec_embed_state(next_obs)
-        r_hat = self.reward_decoder(latent, torch.cat([e_s, e_a, e_s1], -1))
-        reward_rec = (r_hat.squeeze(-1) - rewards).pow(2).sum(1).mean()
+        # summed over the decoded steps (and the state's dimensions), averaged over prefixes and trials
+        reward_rec = T * self.reward_decoder.squared_error(
+            latent, torch.cat([e_s, e_a, e_s1], -1), rewards[..., None]).mean()
         state_rec = reward_rec.new_zeros(())
         if self.state_decoder is not None:
-            state_rec = (self.state_decoder(latent, torch.cat([e_s, e_a], -1)) - next_obs).pow(2).sum(dim=(1, 3)).mean()
+            state_rec = T * obs.shape[-1] * self.state_decoder.squared_error(
+                latent, torch.cat([e_s, e_a], -1), next_obs).mean()
         total = reward_rec + self.args.lambda_s * state_rec + self.args.kl_weight * kl
         return {"reward_reconstruction": reward_rec, "state_reconstruction": state_rec, "kl": kl, "total": total}
 
@@ -256,16 +363,12 @@ def evaluate(args: Args, vae, agent, obs_rms, eval_envs, split, device) -> dict:
 
 
 if __name__ == "__main__":
-    args = tyro.cli(Args)
-    resumed = None  # --resume: the checkpoint's state, restored once everything is built
+    args = parse_args()
+    resumed = None  # --resume: the checkpoint's state and the run's own args, restored once everything is built
     if args.resume is not None:
         resumed, args = meta_test.load_resume(args)
-    try:
-        check_args(args)
-    except ValueError as error:
-        sys.exit(f"varibad_ppo_continuous.py: error: {error}")
-    steps = args.episode_length
-    args.trial_length = (1 + args.num_exploit_episodes) * steps
+    H = args.episode_length
+    args.trial_length = (1 + args.num_exploit_episodes) * H
     args.num_iterations = args.total_timesteps // (args.num_envs * args.trial_length)
     if resumed is None:
         run_dir, writer = meta_test.start_run(args)  # runs/<env_id>__<exp_name>__<seed>__<time>/, args.json
@@ -293,7 +396,7 @@ if __name__ == "__main__":
     agent = Agent(obs_dim + belief_dim, action_dim, args.policy_layers).to(device)
     vae_optimizer = optim.Adam(vae.parameters(), lr=args.vae_lr)
     optimizer = optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-8)
-    buffer = TrialBuffer(args.vae_buffer_size, 1 + args.num_exploit_episodes, steps, obs_dim, action_dim)
+    buffer = TrialBuffer(args.vae_buffer_size, 1 + args.num_exploit_episodes, H, obs_dim, action_dim)
     obs_rms, return_rms = RunningMeanStd(shape=(obs_dim,)), RunningMeanStd(shape=())
 
     # ALGO Logic: Storage setup for one trial per environment
@@ -305,90 +408,93 @@ if __name__ == "__main__":
 
     # Everything a checkpoint must hold so that --resume continues exactly as an uninterrupted run (CPU, same threads)
     stateful = {"vae": vae, "agent": agent, "buffer": buffer, "vae_optimizer": vae_optimizer, "optimizer": optimizer}
-    start_iteration, global_step = 0, 0
-    if resumed is not None:
+    checkpoint_path = os.path.join(run_dir, f"{args.exp_name}.pt")
+    start_iteration, global_step = 1, 0
+    if resumed is None:  # meta-test the untrained policy: the reference every later evaluation is read against
+        record = {"iteration": 0, "global_step": 0, **evaluate(args, vae, agent, obs_rms, eval_envs, split, device)}
+        meta_test.log_evaluation(writer, run_dir, eval_lines, record)
+    else:
         for name, obj in stateful.items():
             obj.load_state_dict(resumed[name])
         (obs_rms.mean, obs_rms.var, obs_rms.count), (return_rms.mean, return_rms.var, return_rms.count) = resumed["rms"]
         meta_test.restore_random_state(resumed["rng"], task_rng, envs)
         start_iteration, global_step = resumed["iteration"] + 1, resumed["global_step"]
     start_step, start_time, sps = global_step, time.time(), 0
-    resume_path = os.path.join(run_dir, "resume.pt")
     progress = tqdm(range(start_iteration, args.num_iterations + 1), desc=f"VariBAD {args.env_id}", unit="it",
-                    initial=start_iteration, total=args.num_iterations + 1)
-    try:
-        for iteration in progress:
-            if iteration > 0:
-                if args.anneal_lr:
-                    optimizer.param_groups[0]["lr"] = (1.0 - (iteration - 1.0) / args.num_iterations) * args.learning_rate
+                    initial=start_iteration - 1, total=args.num_iterations)
+    for iteration in progress:
+        if args.anneal_lr:
+            optimizer.param_groups[0]["lr"] = (1.0 - (iteration - 1.0) / args.num_iterations) * args.learning_rate
 
-                # ALGO LOGIC: one trial per environment, one policy in every episode, the belief updated online
-                task_index = task_rng.integers(len(split.train_tasks), size=B)
-                obs, reset_info = envs.reset(seed=args.seed if iteration == 1 else None,
-                                    options={"tasks": split.train_tasks[task_index], "clusters": split.train_clusters[task_index]})
-                with torch.no_grad():  # the policy never trains the encoder
-                    hidden, latent_mean, latent_logvar = vae.initial_belief(B, device)
-                    for step in range(T):
-                        global_step += B
-                        obs_rms.update(obs)
-                        belief = task_tensor(reset_info["task"], device) if args.oracle else torch.cat([latent_mean, latent_logvar], -1)
-                        inputs[step] = policy_input(obs, belief, obs_rms, device)
-                        action, logprobs[step], _, values[step] = agent.get_action_and_value(inputs[step])
-                        actions[step] = action
-                        states[step] = torch.as_tensor(obs, dtype=torch.float32, device=device)
-                        obs, reward, _, _, info = envs.step(action.cpu().numpy())
-                        next_states[step] = torch.as_tensor(np.stack(info["next_state"]), dtype=torch.float32, device=device)
-                        rewards[step] = torch.as_tensor(reward, dtype=torch.float32, device=device)
-                        latent_mean, latent_logvar, hidden = vae.encode(action[None], next_states[step][None], rewards[step][None], hidden)
-                        latent_mean, latent_logvar = latent_mean[0], latent_logvar[0]
-                buffer.add(states, actions, rewards, next_states)
+        # ALGO LOGIC: one trial per environment, one policy in every episode, the belief updated online
+        task_index = task_rng.integers(len(split.train_tasks), size=B)
+        obs, reset_info = envs.reset(seed=args.seed if iteration == 1 else None,
+                                     options={"tasks": split.train_tasks[task_index],
+                                              "clusters": split.train_clusters[task_index]})
+        with torch.no_grad():  # the policy never trains the encoder
+            hidden, latent_mean, latent_logvar = vae.initial_belief(B, device)
+            for step in range(T):
+                global_step += B
+                obs_rms.update(obs)
+                belief = (task_tensor(reset_info["task"], device) if args.oracle
+                          else torch.cat([latent_mean, latent_logvar], -1))
+                inputs[step] = policy_input(obs, belief, obs_rms, device)
+                action, logprobs[step], _, values[step] = agent.get_action_and_value(inputs[step])
+                actions[step] = action
+                states[step] = torch.as_tensor(obs, dtype=torch.float32, device=device)
+                obs, reward, _, _, info = envs.step(action.cpu().numpy())
+                next_states[step] = torch.as_tensor(np.stack(info["next_state"]), dtype=torch.float32, device=device)
+                rewards[step] = torch.as_tensor(reward, dtype=torch.float32, device=device)
+                latent_mean, latent_logvar, hidden = vae.encode(action[None], next_states[step][None],
+                                                                rewards[step][None], hidden)
+                latent_mean, latent_logvar = latent_mean[0], latent_logvar[0]
+        buffer.add(states, actions, rewards, next_states)
 
-                # ALGO LOGIC: PPO on the whole trial (the objective is every episode's return), rewards scaled as MILET
-                discounted = torch.zeros_like(rewards)
-                for t in range(T):
-                    discounted[t] = rewards[t] + args.gamma * (discounted[t - 1] if t % steps else 0.0)
-                return_rms.update(discounted.flatten().cpu().numpy())
-                policy_rewards = (rewards / np.sqrt(return_rms.var + 1e-8)).clamp(-10, 10)
-                advantages, returns = gae(policy_rewards, values, args.gamma, args.gae_lambda)
-                stats = ppo_update(agent, optimizer, inputs.flatten(0, 1), actions.flatten(0, 1), logprobs.flatten(),
-                                   advantages.flatten(), returns.flatten(), values.flatten(), args.ent_coef, args, iteration)
-                writer.add_scalar("charts/learning_rate", optimizer.param_groups[0]["lr"], global_step)
-                for key, value in stats.items():
-                    writer.add_scalar(f"losses/{key}", value, global_step)
+        # ALGO LOGIC: PPO on the whole trial (the objective is every episode's return), rewards scaled as MILET
+        discounted = torch.zeros_like(rewards)
+        for t in range(T):
+            discounted[t] = rewards[t] + args.gamma * (discounted[t - 1] if t % H else 0.0)
+        return_rms.update(discounted.flatten().cpu().numpy())
+        policy_rewards = (rewards / np.sqrt(return_rms.var + 1e-8)).clamp(-10, 10)
+        advantages, returns = gae(policy_rewards, values, args.gamma, args.gae_lambda)
+        stats = ppo_update(agent, optimizer, inputs.flatten(0, 1), actions.flatten(0, 1), logprobs.flatten(),
+                           advantages.flatten(), returns.flatten(), values.flatten(), args, iteration)
+        writer.add_scalar("charts/learning_rate", optimizer.param_groups[0]["lr"], global_step)
+        for key, value in stats.items():
+            writer.add_scalar(f"losses/{key}", value, global_step)
 
-                # ALGO LOGIC: VAE update on whole trials from the buffer (none for the --oracle reference)
-                for _ in range(0 if args.oracle else args.vae_updates):
-                    vae_losses = vae.loss(*buffer.sample(args.vae_batch_size, device))
-                    check_finite(vae_losses, iteration)
-                    vae_optimizer.zero_grad()
-                    vae_losses["total"].backward()
-                    nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-                    vae_optimizer.step()
-                for key, value in (vae_losses.items() if not args.oracle else ()):
-                    writer.add_scalar(f"losses/vae_{key}", value.item(), global_step)
-                for episode in range(1 + args.num_exploit_episodes):
-                    train_return = rewards[episode * steps: (episode + 1) * steps].sum(0).mean().item()
-                    writer.add_scalar(f"charts/return_episode_{episode + 1}", train_return, global_step)
-                writer.add_scalar("charts/SPS", int((global_step - start_step) / (time.time() - start_time)), global_step)
+        # ALGO LOGIC: VAE update on whole trials from the buffer (none for the --oracle reference)
+        for _ in range(0 if args.oracle else args.vae_updates):
+            vae_losses = vae.loss(*buffer.sample(args.vae_batch_size, device))
+            meta_test.check_finite(vae_losses, iteration)
+            vae_optimizer.zero_grad()
+            vae_losses["total"].backward()
+            nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+            vae_optimizer.step()
+        for key, value in (vae_losses.items() if not args.oracle else ()):
+            writer.add_scalar(f"losses/vae_{key}", value.item(), global_step)
+        for episode in range(1 + args.num_exploit_episodes):
+            train_return = rewards[episode * H: (episode + 1) * H].sum(0).mean().item()
+            writer.add_scalar(f"charts/return_episode_{episode + 1}", train_return, global_step)
+        sps = int((global_step - start_step) / (time.time() - start_time))
+        writer.add_scalar("charts/SPS", sps, global_step)
 
-            # meta-test evaluation before training, every eval_every iterations and at the end
-            if iteration % args.eval_every == 0 or iteration == args.num_iterations:
-                record = {"iteration": iteration, "global_step": global_step,
-                          **evaluate(args, vae, agent, obs_rms, eval_envs, split, device)}
-                meta_test.log_evaluation(writer, run_dir, eval_lines, record)
-                if args.save_model:
-                    meta_test.torch_save_atomic(os.path.join(run_dir, "varibad.pt"), {"args": vars(args), "vae": vae.state_dict(), "agent": agent.state_dict(), "iteration": iteration,
-                                                "obs_rms": (obs_rms.mean, obs_rms.var, obs_rms.count)})
-            if iteration > 0 and (iteration % args.checkpoint_every == 0 or iteration == args.num_iterations):
-                meta_test.torch_save_atomic(resume_path, {"args": vars(args), "iteration": iteration, "global_step": global_step,
-                            **{name: obj.state_dict() for name, obj in stateful.items()},
-                            "rms": [(rms.mean, rms.var, rms.count) for rms in (obs_rms, return_rms)],
-                            "rng": meta_test.random_state(task_rng, envs)})
-            sps = int((global_step - start_step) / max(time.time() - start_time, 1e-9))
-            progress.set_postfix(SPS=sps, eval_return_2=round(record["return_episode_2"], 1))
-    except FloatingPointError as error:
-        writer.close()
-        sys.exit(f"varibad_ppo_continuous.py: error: {error}")
+        # meta-test evaluation every eval_every iterations and at the end
+        if iteration % args.eval_every == 0 or iteration == args.num_iterations:
+            record = {"iteration": iteration, "global_step": global_step,
+                      **evaluate(args, vae, agent, obs_rms, eval_envs, split, device)}
+            meta_test.log_evaluation(writer, run_dir, eval_lines, record)
+            if args.save_model:
+                meta_test.torch_save_atomic(checkpoint_path, {
+                    "args": vars(args), "vae": vae.state_dict(), "agent": agent.state_dict(), "iteration": iteration,
+                    "obs_rms": (obs_rms.mean, obs_rms.var, obs_rms.count)})
+        if iteration % args.checkpoint_every == 0 or iteration == args.num_iterations:
+            meta_test.torch_save_atomic(os.path.join(run_dir, "resume.pt"), {
+                "args": vars(args), "iteration": iteration, "global_step": global_step,
+                **{name: obj.state_dict() for name, obj in stateful.items()},
+                "rms": [(rms.mean, rms.var, rms.count) for rms in (obs_rms, return_rms)],
+                "rng": meta_test.random_state(task_rng, envs)})
+        progress.set_postfix(SPS=sps, eval_return_2=round(record["return_episode_2"], 1))
 
     meta_test.write_atomic(os.path.join(run_dir, "summary.json"),
                            json.dumps(meta_test.summary(args, global_step, sps, record), indent=1))

@@ -10,7 +10,8 @@ from sklearn.metrics import normalized_mutual_info_score
 from torch.distributions import Categorical, kl_divergence
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from cbvi import CBVI, SplitDecoder, TrialBuffer, exploration_rewards, gamma_c, gamma_h, gaussian  # noqa: E402
+from cbvi import CBVI, SplitDecoder, TrialBuffer, gaussian  # noqa: E402
+from milet_ppo_continuous import Args, exploration_rewards, reward_weights  # noqa: E402  (Eq. 10-12 live there)
 
 S, A = 5, 3
 
@@ -59,23 +60,26 @@ def test_online_equals_offline(stacked):
         torch.testing.assert_close(stacked_online, getattr(offline, field), atol=1e-5, rtol=1e-5)
 
 
-def test_decoder_one_prefix_at_a_time_matches_one_pass():
-    """SplitDecoder checkpoints one prefix at a time while training: same predictions and gradients as one pass."""
+def test_decoder_error_one_prefix_at_a_time_matches_one_pass():
+    """SplitDecoder.squared_error checkpoints one prefix at a time while training: the same per-prefix errors and
+    gradients as decoding everything in one pass, and the same values without gradients."""
     torch.manual_seed(13)
     decoder = SplitDecoder(4, 6, (16, 8), 3)
     z, x = torch.randn(5, 1, 7, 4, requires_grad=True), torch.randn(9, 7, 6, requires_grad=True)
-    chunked = decoder(z, x)
-    chunked.pow(2).sum().backward()
+    target = torch.randn(9, 7, 3)
+    chunked = decoder.squared_error(z, x, target)
+    assert chunked.shape == (5,)
+    chunked.sum().backward()
     grads = [p.grad.clone() for p in (z, x, *decoder.parameters())]
     for p in (z, x, *decoder.parameters()):
         p.grad = None
-    one_pass = decoder._decode(z, decoder.from_x(x))
-    one_pass.pow(2).sum().backward()
+    one_pass = (decoder(z, x) - target).pow(2).mean(dim=(1, 2, 3))
+    one_pass.sum().backward()
     torch.testing.assert_close(chunked, one_pass)
     for grad, p in zip(grads, (z, x, *decoder.parameters())):
         torch.testing.assert_close(grad, p.grad)
     with torch.no_grad():
-        torch.testing.assert_close(decoder(z, x), one_pass)
+        torch.testing.assert_close(decoder.squared_error(z, x, target), one_pass)
 
 
 def test_gaussian_kl_matches_closed_form():
@@ -276,13 +280,15 @@ def test_trial_buffer_state_dict_round_trip():
 
 
 def test_gamma_schedules():
-    H = 100
-    assert gamma_h(0, H) == pytest.approx(0.1, abs=1e-4) and gamma_h(H, H) == pytest.approx(0.0)
-    assert gamma_c(0, H) == pytest.approx(-0.1, abs=1e-4) and gamma_c(H, H) == pytest.approx(0.1)
+    H, args = 100, Args()
+    (h_start, c_start), (h_end, c_end) = reward_weights(0, H, args), reward_weights(H, H, args)
+    assert h_start == pytest.approx(0.1, abs=1e-4) and h_end == pytest.approx(0.0)
+    assert c_start == pytest.approx(-0.1, abs=1e-4) and c_end == pytest.approx(0.1)
     t = np.arange(H + 1)
-    assert np.all(np.diff(gamma_h(t, H)) < 0) and np.all(np.diff(gamma_c(t, H)) > 0)
-    torch.testing.assert_close(gamma_c(torch.arange(H + 1.0), H),
-                               torch.tensor(gamma_c(t, H), dtype=torch.float32))
+    gamma_h, gamma_c = reward_weights(t, H, args)
+    assert np.all(np.diff(gamma_h) < 0) and np.all(np.diff(gamma_c) > 0)
+    torch.testing.assert_close(reward_weights(torch.arange(H + 1.0), H, args)[1],
+                               torch.tensor(gamma_c, dtype=torch.float32))
 
 
 def clustered_trials(B, T, generator=None):
