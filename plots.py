@@ -8,24 +8,32 @@ A tyro command-line tool with one subcommand per figure; every function can also
     python plots.py params runs/<rand-params run> --out params.png       # Fig. 7: multipliers per inferred cluster
     python plots.py schedules --out schedules.png                        # Fig. 6: gamma_h(t) and gamma_c(t)
     python plots.py table runs/*                                         # Markdown table of final returns and NMI
+    python plots.py compare milet varibad runs/*                         # P(milet improves on varibad), with its CI
+    python plots.py profiles runs/PointGoal__* --out profiles.png        # performance profiles of the final scores
 
-Runs are grouped into lines by a field of their arguments (`--group-by`, default `exp_name`); a band is the
-standard deviation over the runs (seeds) of a group. Every figure uses the final evaluation of each run unless
-`--record` picks another. Reads `eval.jsonl` (one line per evaluation) and `summary.json`/the run folder name.
+Runs are grouped into lines by a field of their arguments (`--group-by`, default `exp_name`). The statistics over
+the runs (seeds) of a group are those of Agarwal et al. (NeurIPS 2021), computed by the `rliable` package: the
+interquartile mean (IQM, the 25% trimmed mean; with 3 runs or fewer it is the plain mean) with a 95% stratified
+bootstrap confidence interval, the probability of improvement, and performance profiles. `--stat mean` gives the
+mean and a band of one standard deviation instead. Bootstrap CIs use `--reps` resamples drawn from `--seed`, so
+the same runs give the same numbers. Every figure uses the final evaluation of each run unless `--record` picks
+another. Reads `eval.jsonl` (one line per evaluation) and `summary.json`/the run folder name.
 """
+import contextlib
 import inspect
 import json
 import os
 import re
 import sys
 from dataclasses import dataclass, field
-from typing import Annotated, Optional, Union
+from typing import Annotated, Literal, Optional, Union
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import scipy.stats  # noqa: E402
 import tyro  # noqa: E402
 
 import envs_clustered  # noqa: E402
@@ -36,6 +44,9 @@ from cbvi import gamma_c, gamma_h  # noqa: E402
 SCHEDULE_DEFAULTS = {name: parameter.default for schedule in (gamma_h, gamma_c)
                      for name, parameter in inspect.signature(schedule).parameters.items() if name[1:3] in ("_h", "_c")}
 CLUSTER_COLOURS = plt.get_cmap("tab10")  # inferred cluster k is drawn in colour k in every figure
+Stat = Literal["iqm", "mean"]  # IQM with a 95% bootstrap CI (rliable), or mean +- std
+REPS, SEED = 2000, 0  # bootstrap resamples and the seed they are drawn from
+BAND_TITLES = {"iqm": "IQM over runs, band = 95% bootstrap CI", "mean": "mean over runs, band = 1 std"}
 
 
 class PlotError(ValueError):
@@ -106,13 +117,81 @@ def _episode_keys(runs: list[Run]) -> list[str]:
     return list(keys.pop())
 
 
-def _mean_band(ax, x, rows, label, colour=None):
-    """Mean line and a +-1 std band over rows (runs); returns the mean."""
+# ------------------------------------------------------------------------------------------ statistics (rliable)
+@contextlib.contextmanager
+def _seeded(seed: int):
+    """rliable 1.2 draws its bootstrap resamples from numpy's global generator (whatever random_state it is given):
+    seed that one for the block and put its state back after, so the same runs always give the same CIs."""
+    state = np.random.get_state()
+    np.random.seed(seed)
+    try:
+        yield
+    finally:
+        np.random.set_state(state)
+
+
+def _bootstrap(score_dict: dict, func, reps: int, seed: int):
+    """rliable's stratified bootstrap: ({key: func(scores)}, {key: 2 x ... lower and upper 95% bounds})."""
+    from rliable import library as rly  # imported here, not at the top: it takes about 2 s (arch, pandas)
+
+    with _seeded(seed):
+        return rly.get_interval_estimates(score_dict, func, reps=reps)
+
+
+def _matrix(scores) -> np.ndarray:
+    """runs x tasks; a flat list is one score per run on one task."""
+    scores = np.asarray(scores, dtype=float)
+    return scores.reshape(len(scores), -1)
+
+
+def iqm_ci(scores, reps: int = REPS, seed: int = SEED) -> tuple[float, float, float]:
+    """(IQM, lower, upper): the interquartile mean of the scores (runs x tasks, or one per run) and its 95%
+    stratified bootstrap confidence interval."""
+    from rliable import metrics
+
+    point, interval = _bootstrap({"x": _matrix(scores)}, lambda x: np.array([metrics.aggregate_iqm(x)]), reps, seed)
+    return float(point["x"][0]), float(interval["x"][0, 0]), float(interval["x"][1, 0])
+
+
+def improvement_ci(scores_a, scores_b, reps: int = REPS, seed: int = SEED) -> tuple[float, float, float]:
+    """(P(A > B), lower, upper): the probability that a run of A scores above a run of B on a task (a tie counts
+    half), averaged over the tasks, with its 95% stratified bootstrap CI. Scores: runs x tasks, or one per run."""
+    from rliable import metrics
+
+    pair = (_matrix(scores_a), _matrix(scores_b))
+    point, interval = _bootstrap({"x": pair}, lambda a, b: np.array([metrics.probability_of_improvement(a, b)]), reps, seed)
+    return float(point["x"][0]), float(interval["x"][0, 0]), float(interval["x"][1, 0])
+
+
+def iqm_curve_ci(rows, reps: int = REPS, seed: int = SEED) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The IQM over runs at every evaluation (rows: runs x evaluations) and its 95% stratified bootstrap band."""
+    scores = np.asarray(rows, dtype=float)[:, None, :]  # runs x 1 task x evaluations
+    # rliable's aggregate_iqm at each evaluation, all at once: its 25% trimmed mean (scipy) along the runs axis
+    point, interval = _bootstrap({"x": scores}, lambda x: scipy.stats.trim_mean(x[:, 0], 0.25, axis=0), reps, seed)
+    return point["x"], interval["x"][0], interval["x"][1]
+
+
+def _band(ax, x, rows, label, colour=None, stat: Stat = "iqm", reps: int = REPS, seed: int = SEED):
+    """The line over rows (runs) with its band: IQM and 95% bootstrap CI, or mean and +-1 std; returns the line."""
     rows = np.asarray(rows, dtype=float)
-    mean, std = rows.mean(0), rows.std(0)
-    (line,) = ax.plot(x, mean, label=f"{label} (n={len(rows)})", color=colour)
-    ax.fill_between(x, mean - std, mean + std, alpha=0.2, color=line.get_color())
-    return mean
+    if stat == "iqm":
+        centre, low, high = iqm_curve_ci(rows, reps, seed)
+    else:
+        centre, spread = rows.mean(0), rows.std(0)
+        low, high = centre - spread, centre + spread
+    (line,) = ax.plot(x, centre, label=f"{label} (n={len(rows)})", color=colour)
+    ax.fill_between(x, low, high, alpha=0.2, color=line.get_color())
+    return centre
+
+
+def _cell(values, stat: Stat, digits: int, reps: int, seed: int, spread: bool = True) -> str:
+    """A table cell over runs: 'IQM [lower, upper]' or 'mean ± std' (spread=False: the mean alone)."""
+    if stat == "mean":
+        return f"{np.mean(values):.{digits}f}" + (f" ± {np.std(values):.{digits}f}" if spread else "")
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f} (1 run, no CI)"
+    point, low, high = iqm_ci(values, reps, seed)
+    return f"{point:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
 
 
 def _reference_line(ax, runs: list[Run], key: str, label: str, colour: str, record_index: int = -1) -> None:
@@ -123,7 +202,7 @@ def _reference_line(ax, runs: list[Run], key: str, label: str, colour: str, reco
         ax.axhline(float(np.mean(values)), ls="--", lw=1.2, color=colour, label=label)
 
 
-def plot_curves(runs: list[Run], group_by: str = "exp_name"):
+def plot_curves(runs: list[Run], group_by: str = "exp_name", stat: Stat = "iqm", reps: int = REPS, seed: int = SEED):
     """Fig. 2/4: test return per episode of the trial against frames, and NMI at the end of exploration."""
     groups = group_runs(runs, group_by)
     keys = _episode_keys(runs)
@@ -140,7 +219,8 @@ def plot_curves(runs: list[Run], group_by: str = "exp_name"):
         by_step = [{r["global_step"]: r for r in run.records} for run in members]
         for ax, key in zip(axes[0], keys + ["nmi_end_of_exploration"]):
             if all(key in runs_at[s] for runs_at in by_step for s in steps):  # methods without clusters log no NMI
-                _mean_band(ax, steps, [[runs_at[s][key] for s in steps] for runs_at in by_step], name, f"C{group_index % 10}")
+                _band(ax, steps, [[runs_at[s][key] for s in steps] for runs_at in by_step], name,
+                      f"C{group_index % 10}", stat, reps, seed)
     for k, ax in enumerate(axes[0]):  # references: the oracle and the untrained policy (iteration 0), the NMI ceiling
         if k < len(keys):
             _reference_line(ax, runs, f"oracle_{keys[k]}", "oracle (knows the goal)", "k")
@@ -152,7 +232,7 @@ def plot_curves(runs: list[Run], group_by: str = "exp_name"):
         ax.set(title=title, xlabel="environment frames", ylabel="NMI" if k == len(keys) else "test return")
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
-    fig.suptitle(f"{runs[0].env_id}: mean over runs, band = 1 std")
+    fig.suptitle(f"{runs[0].env_id}: {BAND_TITLES[stat]}")
     fig.tight_layout()
     return fig
 
@@ -185,7 +265,8 @@ def plot_traces(run: Run, record_index: int = -1):
     return fig
 
 
-def plot_nmi(runs: list[Run], group_by: str = "exp_name", record_index: int = -1):
+def plot_nmi(runs: list[Run], group_by: str = "exp_name", record_index: int = -1, stat: Stat = "iqm",
+             reps: int = REPS, seed: int = SEED):
     """Fig. 3c: NMI(true, argmax q(c | tau_:t)) against the step t of the exploration episode."""
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     for name, members in group_runs(runs, group_by).items():
@@ -195,10 +276,10 @@ def plot_nmi(runs: list[Run], group_by: str = "exp_name", record_index: int = -1
         rows = [final_record(run, record_index)["nmi_per_step"] for run in members]
         if len({len(r) for r in rows}) > 1:
             raise PlotError(f"group {name}: runs with different episode lengths")
-        _mean_band(ax, np.arange(1, len(rows[0]) + 1), rows, name)
+        _band(ax, np.arange(1, len(rows[0]) + 1), rows, name, None, stat, reps, seed)
     _reference_line(ax, runs, "nmi_ceiling", "ceiling (nearest centre of the true tasks)", "k", record_index)
     ax.set(xlabel="time step t of the exploration episode", ylabel="NMI", ylim=(-0.02, 1.02),
-           title=f"{runs[0].env_id}: cluster inference on the test tasks")
+           title=f"{runs[0].env_id}: cluster inference on the test tasks\n({BAND_TITLES[stat]})")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -246,23 +327,107 @@ def plot_schedules(horizon: int = 100, **params):
     return fig
 
 
-def results_table(runs: list[Run], group_by: str = "exp_name", record_index: int = -1) -> str:
-    """Markdown: one row per (env, group), final test returns and NMI as mean +- std over its runs; the NMI also as a
-    fraction of its ceiling (the best any clustering of the true test tasks reaches), where the runs logged it."""
+def results_table(runs: list[Run], group_by: str = "exp_name", record_index: int = -1, stat: Stat = "iqm",
+                  reps: int = REPS, seed: int = SEED) -> str:
+    """Markdown: one row per (env, group), final test returns and NMI over its runs (IQM [95% CI] or mean ± std);
+    the NMI also as a fraction of its ceiling (the best any clustering of the true test tasks reaches), where the
+    runs logged it."""
     keys = _episode_keys(runs)
     lines = ["| Environment | Group | Runs | " + " | ".join(f"Episode {k.split('_')[-1]} return" for k in keys)
              + " | NMI (end of exploration) | NMI / ceiling |", "|---" * (len(keys) + 5) + "|"]
     for env_id in sorted({run.env_id for run in runs}):
         for name, members in group_runs([r for r in runs if r.env_id == env_id], group_by).items():
             finals = [final_record(run, record_index) for run in members]
-            cells = [f"{np.mean([f[k] for f in finals]):.1f} ± {np.std([f[k] for f in finals]):.1f}" for k in keys]
+            cells = [_cell([f[k] for f in finals], stat, 1, reps, seed) for k in keys]
             nmi = [f["nmi_end_of_exploration"] for f in finals if "nmi_end_of_exploration" in f]
-            nmi_cell = f"{np.mean(nmi):.3f} ± {np.std(nmi):.3f}" if len(nmi) == len(finals) else "n/a (no clusters)"
+            nmi_cell = _cell(nmi, stat, 3, reps, seed) if len(nmi) == len(finals) else "n/a (no clusters)"
             ceilings = [f["nmi_ceiling"] for f in finals if "nmi_ceiling" in f]
-            fraction = (f"{np.mean(np.divide(nmi, ceilings)):.2f} (ceiling {ceilings[0]:.3f})"
+            fraction = (f"{_cell(np.divide(nmi, ceilings), stat, 2, reps, seed, spread=False)} (ceiling {ceilings[0]:.3f})"
                         if len(nmi) == len(ceilings) == len(finals) else "n/a")
             lines.append(f"| {env_id} | {name} | {len(members)} | " + " | ".join(cells) + f" | {nmi_cell} | {fraction} |")
+    if stat == "iqm":
+        lines.append(f"\nIQM over the runs [95% stratified bootstrap CI, {reps} resamples] (rliable); with 3 runs or "
+                     "fewer the IQM is the mean.")
     return "\n".join(lines)
+
+
+def comparison_table(runs: list[Run], a: str, b: str, group_by: str = "exp_name", record_index: int = -1,
+                     reps: int = REPS, seed: int = SEED) -> str:
+    """Markdown: per env, the probability that group a improves on group b (rliable's probability of improvement)
+    on the final return of each exploitation episode and, where both infer clusters, on the NMI, with 95% bootstrap
+    CIs; and over all envs at once where both groups have the same number of runs on every env."""
+    if a == b:
+        raise PlotError(f"compare needs two different groups, not {a!r} twice")
+    keys = _episode_keys(runs)[1:] + ["nmi_end_of_exploration"]  # the exploitation episodes, then the NMI
+    by_env = {env: group_runs([r for r in runs if r.env_id == env], group_by) for env in sorted({r.env_id for r in runs})}
+    names = sorted(set().union(*by_env.values()))
+    for name in (a, b):
+        if name not in names:
+            raise PlotError(f"no group {name!r} among the runs (grouped by {group_by}); the groups are {', '.join(names)}")
+    shared = [env for env, groups in by_env.items() if a in groups and b in groups]
+    if not shared:
+        raise PlotError(f"groups {a!r} and {b!r} have no environment in common")
+    # scores[env][group][key]: the final value of each run, in seed order; None where a run did not log it
+    scores = {env: {name: {key: [final_record(run, record_index).get(key) for run in sorted(by_env[env][name], key=lambda r: r.seed)]
+                           for key in keys} for name in (a, b)} for env in shared}
+
+    def cell(values_a, values_b) -> str:
+        for name, values in ((a, values_a), (b, values_b)):
+            if any(v is None for v in np.ravel(np.asarray(values, dtype=object))):
+                return f"n/a ({name} infers no clusters)"
+        return "{:.2f} [{:.2f}, {:.2f}]".format(*improvement_ci(values_a, values_b, reps, seed))
+
+    titles = [f"episode {k.split('_')[-1]} return" if k != keys[-1] else "NMI" for k in keys]
+    lines = [f"| Environment | {a} runs | {b} runs | " + " | ".join(f"P({a} > {b}), {t}" for t in titles) + " |",
+             "|---" * (len(keys) + 3) + "|"]
+    for env in shared:
+        lines.append(f"| {env} | {len(scores[env][a][keys[0]])} | {len(scores[env][b][keys[0]])} | "
+                     + " | ".join(cell(scores[env][a][k], scores[env][b][k]) for k in keys) + " |")
+    if len(shared) > 1:  # rliable's aggregate: runs x envs matrices, the probability averaged over the envs
+        counts = {name: {len(scores[env][name][keys[0]]) for env in shared} for name in (a, b)}
+        if all(len(c) == 1 for c in counts.values()):
+            matrices = {name: {k: [list(v) for v in zip(*(scores[env][name][k] for env in shared))] for k in keys} for name in (a, b)}
+            cells = [cell(matrices[a][k], matrices[b][k]) for k in keys]
+        else:
+            cells = ["n/a (a different number of runs on some env)"] * len(keys)
+        lines.append(f"| all {len(shared)} envs | {counts[a].pop() if len(counts[a]) == 1 else '-'} | "
+                     f"{counts[b].pop() if len(counts[b]) == 1 else '-'} | " + " | ".join(cells) + " |")
+    lines.append(f"\nP({a} > {b}): the probability that a run of {a} ends above a run of {b} (a tie counts half; 0.5 = "
+                 f"no difference), rliable's probability of improvement [95% stratified bootstrap CI, {reps} resamples].")
+    return "\n".join(lines)
+
+
+def plot_profiles(runs: list[Run], group_by: str = "exp_name", record_index: int = -1, reps: int = REPS, seed: int = SEED):
+    """Performance profiles (Agarwal et al. 2021): for every threshold tau, the fraction of a group's runs whose
+    final score is above tau, with a 95% bootstrap band; one axis per episode's return, and the NMI of the groups
+    that infer clusters."""
+    from rliable import library as rly, plot_utils
+
+    groups = group_runs(runs, group_by)
+    keys = _episode_keys(runs) + ["nmi_end_of_exploration"]
+    colours = {name: f"C{index % 10}" for index, name in enumerate(groups)}  # as in the curves
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.5 * len(keys), 3.6), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        scores = {f"{name} (n={len(members)})": np.array([[final_record(run, record_index)[key]] for run in members])
+                  for name, members in groups.items() if all(key in final_record(run, record_index) for run in members)}
+        if not scores:
+            continue
+        values = np.concatenate(list(scores.values())).ravel()
+        margin = 0.05 * (values.max() - values.min()) + 1e-6
+        taus = np.linspace(values.min() - margin, values.max() + margin, 101)
+        with _seeded(seed):
+            profiles, bands = rly.create_performance_profile(scores, taus, reps=reps)
+        plot_utils.plot_performance_profiles(
+            profiles, taus, performance_profile_cis=bands, ax=ax, labelsize="medium", ticklabelsize="medium",
+            colors={label: colours[label.rsplit(" (n=", 1)[0]] for label in scores},
+            xlabel=r"final NMI $\tau$" if key == keys[-1] else fr"final episode {key.split('_')[-1]} return $\tau$",
+            ylabel=r"fraction of runs above $\tau$")
+        ax.set_title("NMI at the end of the exploration episode" if key == keys[-1] else
+                     f"episode {key.split('_')[-1]} ({'exploration' if key == keys[0] else 'exploitation'})")
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle(f"{runs[0].env_id}: performance profiles of the final evaluation, band = 95% bootstrap CI")
+    fig.tight_layout()
+    return fig
 
 
 # ------------------------------------------------------------------------------------------ command line
@@ -273,8 +438,18 @@ class Figure:
 
 
 @dataclass
-class Curves(Figure):
-    """Fig. 2/4: test return per episode against frames, mean +- std over the runs of each group, plus NMI."""
+class Statistics:
+    stat: Stat = "iqm"
+    """iqm: interquartile mean over runs with a 95% stratified bootstrap CI (rliable); mean: mean +- std"""
+    reps: int = REPS
+    """bootstrap resamples for the confidence intervals"""
+    seed: int = SEED
+    """seed of the bootstrap resamples (the same runs give the same CIs)"""
+
+
+@dataclass
+class Curves(Figure, Statistics):
+    """Fig. 2/4: test return per episode against frames, IQM (or mean) over the runs of each group, plus NMI."""
     runs: tyro.conf.Positional[list[str]] = field(default_factory=list)
     """run folders (runs/<run_name>)"""
     group_by: str = "exp_name"
@@ -318,8 +493,8 @@ class Schedules(Figure):
 
 
 @dataclass
-class Table:
-    """Markdown table of the final test returns and NMI (mean +- std over runs) per env and group."""
+class Table(Statistics):
+    """Markdown table of the final test returns and NMI per env and group: IQM [95% CI] (or mean +- std) over runs."""
     runs: tyro.conf.Positional[list[str]] = field(default_factory=list)
     """run folders"""
     group_by: str = "exp_name"
@@ -328,17 +503,58 @@ class Table:
     """also write the table to this file"""
 
 
+@dataclass
+class Compare:
+    """Markdown table: the probability that group A improves on group B, per env, with 95% bootstrap CIs."""
+    a: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="A")]
+    """group A (a value of --group-by, e.g. milet)"""
+    b: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="B")]
+    """group B"""
+    runs: tyro.conf.Positional[list[str]] = field(default_factory=list)
+    """run folders of both groups"""
+    group_by: str = "exp_name"
+    """argument that groups runs"""
+    record: int = -1
+    """which evaluation of each run (index into eval.jsonl; -1 = the last)"""
+    reps: int = REPS
+    """bootstrap resamples for the confidence intervals"""
+    seed: int = SEED
+    """seed of the bootstrap resamples"""
+    out: Optional[str] = None
+    """also write the table to this file"""
+
+
+@dataclass
+class Profiles(Figure):
+    """Performance profiles of the final returns and NMI, one line per group, with 95% bootstrap bands."""
+    runs: tyro.conf.Positional[list[str]] = field(default_factory=list)
+    """run folders of one env"""
+    group_by: str = "exp_name"
+    """argument that groups runs into lines"""
+    record: int = -1
+    """which evaluation of each run (index into eval.jsonl; -1 = the last)"""
+    reps: int = REPS
+    """bootstrap resamples for the bands"""
+    seed: int = SEED
+    """seed of the bootstrap resamples"""
+
+
 Command = Union[
     Annotated[Curves, tyro.conf.subcommand("curves")], Annotated[Traces, tyro.conf.subcommand("traces")],
     Annotated[Nmi, tyro.conf.subcommand("nmi")], Annotated[Params, tyro.conf.subcommand("params")],
     Annotated[Schedules, tyro.conf.subcommand("schedules")], Annotated[Table, tyro.conf.subcommand("table")],
+    Annotated[Compare, tyro.conf.subcommand("compare")], Annotated[Profiles, tyro.conf.subcommand("profiles")],
 ]
 
 
 def main(command) -> Optional[str]:
     """Run one subcommand; returns the file written (or the table)."""
-    if isinstance(command, Table):
-        text = results_table(load_runs(command.runs), command.group_by)
+    if isinstance(command, (Table, Compare)):
+        runs = load_runs(command.runs)
+        if isinstance(command, Table):
+            text = results_table(runs, command.group_by, -1, command.stat, command.reps, command.seed)
+        else:
+            text = comparison_table(runs, command.a, command.b, command.group_by, command.record, command.reps, command.seed)
         if command.out:
             meta_test.write_atomic(command.out, text + "\n")
         return text
@@ -348,9 +564,11 @@ def main(command) -> Optional[str]:
     if isinstance(command, Schedules):
         fig = plot_schedules(command.horizon, **{name: getattr(command, name) for name in SCHEDULE_DEFAULTS})
     elif isinstance(command, Nmi):
-        fig = plot_nmi(load_runs(command.runs), command.group_by, command.record)
+        fig = plot_nmi(load_runs(command.runs), command.group_by, command.record, command.stat, command.reps, command.seed)
     elif isinstance(command, Curves):
-        fig = plot_curves(load_runs(command.runs), command.group_by)
+        fig = plot_curves(load_runs(command.runs), command.group_by, command.stat, command.reps, command.seed)
+    elif isinstance(command, Profiles):
+        fig = plot_profiles(load_runs(command.runs), command.group_by, command.record, command.reps, command.seed)
     elif isinstance(command, Params):
         fig = plot_params(load_run(command.run), command.record)
     else:
