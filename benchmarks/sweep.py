@@ -82,7 +82,7 @@ class Args:
     cpus_per_task: int = 2
     """Slurm: CPU cores per run"""
     mem_gb: float = 16
-    """Slurm: memory per run (AntGoal's trial buffer takes about 2 GB, Humanoid's 6 GB)"""
+    """Slurm: memory per run in GB (a generous guess: AntGoal's trial buffer takes 447 MiB)"""
     slurm_partition: Optional[str] = None
     """Slurm: partition (default: the cluster's)"""
     slurm_account: Optional[str] = None
