@@ -144,13 +144,18 @@ def _matrix(scores) -> np.ndarray:
     return scores.reshape(len(scores), -1)
 
 
+def _estimate(scores, statistic, reps: int, seed: int) -> tuple[float, float, float]:
+    """(statistic(*scores), lower, upper): a scalar rliable statistic of one score matrix (or a pair) and its CI."""
+    point, interval = _bootstrap({"x": scores}, lambda *x: np.array([statistic(*x)]), reps, seed)
+    return float(point["x"][0]), float(interval["x"][0, 0]), float(interval["x"][1, 0])
+
+
 def iqm_ci(scores, reps: int = REPS, seed: int = SEED) -> tuple[float, float, float]:
     """(IQM, lower, upper): the interquartile mean of the scores (runs x tasks, or one per run) and its 95%
     stratified bootstrap confidence interval."""
     from rliable import metrics
 
-    point, interval = _bootstrap({"x": _matrix(scores)}, lambda x: np.array([metrics.aggregate_iqm(x)]), reps, seed)
-    return float(point["x"][0]), float(interval["x"][0, 0]), float(interval["x"][1, 0])
+    return _estimate(_matrix(scores), metrics.aggregate_iqm, reps, seed)
 
 
 def improvement_ci(scores_a, scores_b, reps: int = REPS, seed: int = SEED) -> tuple[float, float, float]:
@@ -158,9 +163,7 @@ def improvement_ci(scores_a, scores_b, reps: int = REPS, seed: int = SEED) -> tu
     half), averaged over the tasks, with its 95% stratified bootstrap CI. Scores: runs x tasks, or one per run."""
     from rliable import metrics
 
-    pair = (_matrix(scores_a), _matrix(scores_b))
-    point, interval = _bootstrap({"x": pair}, lambda a, b: np.array([metrics.probability_of_improvement(a, b)]), reps, seed)
-    return float(point["x"][0]), float(interval["x"][0, 0]), float(interval["x"][1, 0])
+    return _estimate((_matrix(scores_a), _matrix(scores_b)), metrics.probability_of_improvement, reps, seed)
 
 
 def iqm_curve_ci(rows, reps: int = REPS, seed: int = SEED) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -172,7 +175,7 @@ def iqm_curve_ci(rows, reps: int = REPS, seed: int = SEED) -> tuple[np.ndarray, 
 
 
 def _band(ax, x, rows, label, colour=None, stat: Stat = "iqm", reps: int = REPS, seed: int = SEED):
-    """The line over rows (runs) with its band: IQM and 95% bootstrap CI, or mean and +-1 std; returns the line."""
+    """The line over rows (runs) and its band: IQM and 95% bootstrap CI, or mean and +-1 std; returns the line."""
     rows = np.asarray(rows, dtype=float)
     if stat == "iqm":
         centre, low, high = iqm_curve_ci(rows, reps, seed)
@@ -367,31 +370,29 @@ def comparison_table(runs: list[Run], a: str, b: str, group_by: str = "exp_name"
     shared = [env for env, groups in by_env.items() if a in groups and b in groups]
     if not shared:
         raise PlotError(f"groups {a!r} and {b!r} have no environment in common")
-    # scores[env][group][key]: the final value of each run, in seed order; None where a run did not log it
-    scores = {env: {name: {key: [final_record(run, record_index).get(key) for run in sorted(by_env[env][name], key=lambda r: r.seed)]
-                           for key in keys} for name in (a, b)} for env in shared}
 
-    def cell(values_a, values_b) -> str:
-        for name, values in ((a, values_a), (b, values_b)):
-            if any(v is None for v in np.ravel(np.asarray(values, dtype=object))):
+    def values(env: str, name: str, key: str) -> list:  # the final value of each run; None where it logged none
+        return [final_record(run, record_index).get(key) for run in by_env[env][name]]
+
+    def cell(envs: list[str], key: str) -> str:  # P(a > b) on runs x envs matrices, averaged over the envs
+        matrices = []
+        for name in (a, b):
+            columns = [values(env, name, key) for env in envs]
+            if any(v is None for column in columns for v in column):
                 return f"n/a ({name} infers no clusters)"
-        return "{:.2f} [{:.2f}, {:.2f}]".format(*improvement_ci(values_a, values_b, reps, seed))
+            if len({len(column) for column in columns}) > 1:
+                return "n/a (a different number of runs on some env)"
+            matrices.append(np.column_stack(columns))
+        return "{:.2f} [{:.2f}, {:.2f}]".format(*improvement_ci(*matrices, reps, seed))
 
     titles = [f"episode {k.split('_')[-1]} return" if k != keys[-1] else "NMI" for k in keys]
     lines = [f"| Environment | {a} runs | {b} runs | " + " | ".join(f"P({a} > {b}), {t}" for t in titles) + " |",
              "|---" * (len(keys) + 3) + "|"]
-    for env in shared:
-        lines.append(f"| {env} | {len(scores[env][a][keys[0]])} | {len(scores[env][b][keys[0]])} | "
-                     + " | ".join(cell(scores[env][a][k], scores[env][b][k]) for k in keys) + " |")
-    if len(shared) > 1:  # rliable's aggregate: runs x envs matrices, the probability averaged over the envs
-        counts = {name: {len(scores[env][name][keys[0]]) for env in shared} for name in (a, b)}
-        if all(len(c) == 1 for c in counts.values()):
-            matrices = {name: {k: [list(v) for v in zip(*(scores[env][name][k] for env in shared))] for k in keys} for name in (a, b)}
-            cells = [cell(matrices[a][k], matrices[b][k]) for k in keys]
-        else:
-            cells = ["n/a (a different number of runs on some env)"] * len(keys)
-        lines.append(f"| all {len(shared)} envs | {counts[a].pop() if len(counts[a]) == 1 else '-'} | "
-                     f"{counts[b].pop() if len(counts[b]) == 1 else '-'} | " + " | ".join(cells) + " |")
+    rows = [(env, [env]) for env in shared] + ([(f"all {len(shared)} envs", shared)] if len(shared) > 1 else [])
+    for label, envs in rows:
+        counts = [{len(by_env[env][name]) for env in envs} for name in (a, b)]
+        lines.append(f"| {label} | " + " | ".join(str(c.pop()) if len(c) == 1 else "-" for c in counts) + " | "
+                     + " | ".join(cell(envs, key) for key in keys) + " |")
     lines.append(f"\nP({a} > {b}): the probability that a run of {a} ends above a run of {b} (a tie counts half; 0.5 = "
                  f"no difference), rliable's probability of improvement [95% stratified bootstrap CI, {reps} resamples].")
     return "\n".join(lines)

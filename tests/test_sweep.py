@@ -103,7 +103,8 @@ def test_quick_sweep_runs_end_to_end_on_submitits_local_executor_and_resumes(tmp
     run_dirs = {(v, s): sweep.TrainRun("PointGoal", v, s, str(out)).state() for v in ("milet", "varibad", "rl2") for s in (1, 2)}
     assert all(state == "finished" for state, _ in run_dirs.values())
     log = open(out / "logs" / "PointGoal__varibad__2.log").read()
-    assert f"$ OMP_NUM_THREADS=1 python varibad_ppo_continuous.py --env-id PointGoal --seed 2 --exp-name varibad --runs-dir {out}/runs/PointGoal/varibad/2 --total-timesteps 80 --episode-length 5" in log
+    assert (f"$ OMP_NUM_THREADS=1 python varibad_ppo_continuous.py --env-id PointGoal --seed 2 --exp-name varibad "
+            f"--runs-dir {out}/runs/PointGoal/varibad/2 --total-timesteps 80 --episode-length 5") in log
     args = json.load(open(os.path.join(run_dirs["varibad", 2][1], "args.json")))
     assert args["seed"] == 2 and args["exp_name"] == "varibad" and args["total_timesteps"] == 80
 
