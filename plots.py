@@ -15,7 +15,7 @@ Runs are grouped into lines by a field of their arguments (`--group-by`, default
 the runs (seeds) of a group are those of Agarwal et al. (NeurIPS 2021), computed by the `rliable` package: the
 interquartile mean (IQM, the 25% trimmed mean; with 3 runs or fewer it is the plain mean) with a 95% stratified
 bootstrap confidence interval, the probability of improvement, and performance profiles. `--stat mean` gives the
-mean and a band of one standard deviation instead. Bootstrap CIs use `--reps` resamples drawn from `--seed`, so
+mean and a band of one standard deviation instead. Bootstrap CIs use `--reps` resamples drawn from `--bootstrap-seed`, so
 the same runs give the same numbers. Every figure uses the final evaluation of each run unless `--record` picks
 another. Reads `eval.jsonl` (one line per evaluation) and `summary.json`/the run folder name.
 """
@@ -444,7 +444,7 @@ class Statistics:
     """iqm: interquartile mean over runs with a 95% stratified bootstrap CI (rliable); mean: mean +- std"""
     reps: int = REPS
     """bootstrap resamples for the confidence intervals"""
-    seed: int = SEED
+    bootstrap_seed: int = SEED
     """seed of the bootstrap resamples (the same runs give the same CIs)"""
 
 
@@ -519,7 +519,7 @@ class Compare:
     """which evaluation of each run (index into eval.jsonl; -1 = the last)"""
     reps: int = REPS
     """bootstrap resamples for the confidence intervals"""
-    seed: int = SEED
+    bootstrap_seed: int = SEED
     """seed of the bootstrap resamples"""
     out: Optional[str] = None
     """also write the table to this file"""
@@ -536,7 +536,7 @@ class Profiles(Figure):
     """which evaluation of each run (index into eval.jsonl; -1 = the last)"""
     reps: int = REPS
     """bootstrap resamples for the bands"""
-    seed: int = SEED
+    bootstrap_seed: int = SEED
     """seed of the bootstrap resamples"""
 
 
@@ -553,9 +553,10 @@ def main(command) -> Optional[str]:
     if isinstance(command, (Table, Compare)):
         runs = load_runs(command.runs)
         if isinstance(command, Table):
-            text = results_table(runs, command.group_by, -1, command.stat, command.reps, command.seed)
+            text = results_table(runs, command.group_by, -1, command.stat, command.reps, command.bootstrap_seed)
         else:
-            text = comparison_table(runs, command.a, command.b, command.group_by, command.record, command.reps, command.seed)
+            text = comparison_table(runs, command.a, command.b, command.group_by, command.record, command.reps,
+                                    command.bootstrap_seed)
         if command.out:
             meta_test.write_atomic(command.out, text + "\n")
         return text
@@ -565,11 +566,13 @@ def main(command) -> Optional[str]:
     if isinstance(command, Schedules):
         fig = plot_schedules(command.horizon, **{name: getattr(command, name) for name in SCHEDULE_DEFAULTS})
     elif isinstance(command, Nmi):
-        fig = plot_nmi(load_runs(command.runs), command.group_by, command.record, command.stat, command.reps, command.seed)
+        fig = plot_nmi(load_runs(command.runs), command.group_by, command.record, command.stat, command.reps,
+                       command.bootstrap_seed)
     elif isinstance(command, Curves):
-        fig = plot_curves(load_runs(command.runs), command.group_by, command.stat, command.reps, command.seed)
+        fig = plot_curves(load_runs(command.runs), command.group_by, command.stat, command.reps, command.bootstrap_seed)
     elif isinstance(command, Profiles):
-        fig = plot_profiles(load_runs(command.runs), command.group_by, command.record, command.reps, command.seed)
+        fig = plot_profiles(load_runs(command.runs), command.group_by, command.record, command.reps,
+                            command.bootstrap_seed)
     elif isinstance(command, Params):
         fig = plot_params(load_run(command.run), command.record)
     else:
