@@ -8,23 +8,31 @@ A tyro command-line tool with one subcommand per figure; every function can also
     python plots.py params runs/<rand-params run> --out params.png       # Fig. 7: multipliers per inferred cluster
     python plots.py schedules --out schedules.png                        # Fig. 6: gamma_h(t) and gamma_c(t)
     python plots.py table runs/*                                         # Markdown table of final returns and NMI
+    python plots.py compare milet varibad runs/*                         # P(milet improves on varibad), with its CI
+    python plots.py profiles runs/PointGoal__* --out profiles.png        # performance profiles of the final scores
 
-Runs are grouped into lines by a field of their arguments (`--group-by`, default `exp_name`); a band is the
-standard deviation over the runs (seeds) of a group. Every figure uses the final evaluation of each run unless
-`--record` picks another. Reads `eval.jsonl` (one line per evaluation) and `summary.json`/the run folder name.
+Runs are grouped into lines by a field of their arguments (`--group-by`, default `exp_name`). The statistics over
+the runs (seeds) of a group are those of Agarwal et al. (NeurIPS 2021), computed by the `rliable` package: the
+interquartile mean (IQM, the 25% trimmed mean; with 3 runs or fewer it is the plain mean) with a 95% stratified
+bootstrap confidence interval, the probability of improvement, and performance profiles. `--stat mean` gives the
+mean and a band of one standard deviation instead. Bootstrap CIs use `--reps` resamples drawn from `--bootstrap-seed`, so
+the same runs give the same numbers. Every figure uses the final evaluation of each run unless `--record` picks
+another. Reads `eval.jsonl` (one line per evaluation) and `summary.json`/the run folder name.
 """
+import contextlib
 import json
 import os
 import re
 import sys
 from dataclasses import dataclass, field
-from typing import Annotated, Optional, Union
+from typing import Annotated, Literal, Optional, Union
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import scipy.stats  # noqa: E402
 import tyro  # noqa: E402
 
 import envs_clustered  # noqa: E402
@@ -34,6 +42,9 @@ import meta_test  # noqa: E402
 # module does not import a training script)
 SCHEDULE_DEFAULTS = dict(a_h=0.1, b_h=0.1, s_h=0.1, a_c=0.2, b_c=0.1, s_c=0.1)
 CLUSTER_COLOURS = plt.get_cmap("tab10")  # inferred cluster k is drawn in colour k in every figure
+Stat = Literal["iqm", "mean"]  # IQM with a 95% bootstrap CI (rliable), or mean +- std
+REPS, SEED = 2000, 0  # bootstrap resamples and the seed they are drawn from
+BAND_TITLES = {"iqm": "IQM over runs, band = 95% bootstrap CI", "mean": "mean over runs, band = 1 std"}
 
 
 class PlotError(ValueError):
@@ -104,13 +115,84 @@ def _episode_keys(runs: list[Run]) -> list[str]:
     return list(keys.pop())
 
 
-def _mean_band(ax, x, rows, label, colour=None):
-    """Mean line and a +-1 std band over rows (runs); returns the mean."""
+# ------------------------------------------------------------------------------------------ statistics (rliable)
+@contextlib.contextmanager
+def _seeded(seed: int):
+    """rliable 1.2 draws its bootstrap resamples from numpy's global generator (whatever random_state it is given):
+    seed that one for the block and put its state back after, so the same runs always give the same CIs."""
+    state = np.random.get_state()
+    np.random.seed(seed)
+    try:
+        yield
+    finally:
+        np.random.set_state(state)
+
+
+def _bootstrap(score_dict: dict, func, reps: int, seed: int):
+    """rliable's stratified bootstrap: ({key: func(scores)}, {key: 2 x ... lower and upper 95% bounds})."""
+    from rliable import library as rly  # imported here, not at the top: it takes about 2 s (arch, pandas)
+
+    with _seeded(seed):
+        return rly.get_interval_estimates(score_dict, func, reps=reps)
+
+
+def _matrix(scores) -> np.ndarray:
+    """runs x tasks; a flat list is one score per run on one task."""
+    scores = np.asarray(scores, dtype=float)
+    return scores.reshape(len(scores), -1)
+
+
+def _estimate(scores, statistic, reps: int, seed: int) -> tuple[float, float, float]:
+    """(statistic(*scores), lower, upper): a scalar rliable statistic of one score matrix (or a pair) and its CI."""
+    point, interval = _bootstrap({"x": scores}, lambda *x: np.array([statistic(*x)]), reps, seed)
+    return float(point["x"][0]), float(interval["x"][0, 0]), float(interval["x"][1, 0])
+
+
+def iqm_ci(scores, reps: int = REPS, seed: int = SEED) -> tuple[float, float, float]:
+    """(IQM, lower, upper): the interquartile mean of the scores (runs x tasks, or one per run) and its 95%
+    stratified bootstrap confidence interval."""
+    from rliable import metrics
+
+    return _estimate(_matrix(scores), metrics.aggregate_iqm, reps, seed)
+
+
+def improvement_ci(scores_a, scores_b, reps: int = REPS, seed: int = SEED) -> tuple[float, float, float]:
+    """(P(A > B), lower, upper): the probability that a run of A scores above a run of B on a task (a tie counts
+    half), averaged over the tasks, with its 95% stratified bootstrap CI. Scores: runs x tasks, or one per run."""
+    from rliable import metrics
+
+    return _estimate((_matrix(scores_a), _matrix(scores_b)), metrics.probability_of_improvement, reps, seed)
+
+
+def iqm_curve_ci(rows, reps: int = REPS, seed: int = SEED) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The IQM over runs at every evaluation (rows: runs x evaluations) and its 95% stratified bootstrap band."""
+    scores = np.asarray(rows, dtype=float)[:, None, :]  # runs x 1 task x evaluations
+    # rliable's aggregate_iqm at each evaluation, all at once: its 25% trimmed mean (scipy) along the runs axis
+    point, interval = _bootstrap({"x": scores}, lambda x: scipy.stats.trim_mean(x[:, 0], 0.25, axis=0), reps, seed)
+    return point["x"], interval["x"][0], interval["x"][1]
+
+
+def _band(ax, x, rows, label, colour=None, stat: Stat = "iqm", reps: int = REPS, seed: int = SEED):
+    """The line over rows (runs) and its band: IQM and 95% bootstrap CI, or mean and +-1 std; returns the line."""
     rows = np.asarray(rows, dtype=float)
-    mean, std = rows.mean(0), rows.std(0)
-    (line,) = ax.plot(x, mean, label=f"{label} (n={len(rows)})", color=colour)
-    ax.fill_between(x, mean - std, mean + std, alpha=0.2, color=line.get_color())
-    return mean
+    if stat == "iqm":
+        centre, low, high = iqm_curve_ci(rows, reps, seed)
+    else:
+        centre, spread = rows.mean(0), rows.std(0)
+        low, high = centre - spread, centre + spread
+    (line,) = ax.plot(x, centre, label=f"{label} (n={len(rows)})", color=colour)
+    ax.fill_between(x, low, high, alpha=0.2, color=line.get_color())
+    return centre
+
+
+def _cell(values, stat: Stat, digits: int, reps: int, seed: int, spread: bool = True) -> str:
+    """A table cell over runs: 'IQM [lower, upper]' or 'mean ± std' (spread=False: the mean alone)."""
+    if stat == "mean":
+        return f"{np.mean(values):.{digits}f}" + (f" ± {np.std(values):.{digits}f}" if spread else "")
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f} (1 run, no CI)"
+    point, low, high = iqm_ci(values, reps, seed)
+    return f"{point:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
 
 
 def _reference_line(ax, runs: list[Run], key: str, label: str, colour: str, record_index: int = -1) -> None:
@@ -121,7 +203,7 @@ def _reference_line(ax, runs: list[Run], key: str, label: str, colour: str, reco
         ax.axhline(float(np.mean(values)), ls="--", lw=1.2, color=colour, label=label)
 
 
-def plot_curves(runs: list[Run], group_by: str = "exp_name"):
+def plot_curves(runs: list[Run], group_by: str = "exp_name", stat: Stat = "iqm", reps: int = REPS, seed: int = SEED):
     """Fig. 2/4: test return per episode of the trial against frames, and NMI at the end of exploration."""
     groups = group_runs(runs, group_by)
     keys = _episode_keys(runs)
@@ -138,7 +220,8 @@ def plot_curves(runs: list[Run], group_by: str = "exp_name"):
         by_step = [{r["global_step"]: r for r in run.records} for run in members]
         for ax, key in zip(axes[0], keys + ["nmi_end_of_exploration"]):
             if all(key in runs_at[s] for runs_at in by_step for s in steps):  # methods without clusters log no NMI
-                _mean_band(ax, steps, [[runs_at[s][key] for s in steps] for runs_at in by_step], name, f"C{group_index % 10}")
+                _band(ax, steps, [[runs_at[s][key] for s in steps] for runs_at in by_step], name,
+                      f"C{group_index % 10}", stat, reps, seed)
     for k, ax in enumerate(axes[0]):  # references: the oracle and the untrained policy (iteration 0), the NMI ceiling
         if k < len(keys):
             _reference_line(ax, runs, f"oracle_{keys[k]}", "oracle (knows the goal)", "k")
@@ -150,7 +233,7 @@ def plot_curves(runs: list[Run], group_by: str = "exp_name"):
         ax.set(title=title, xlabel="environment frames", ylabel="NMI" if k == len(keys) else "test return")
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
-    fig.suptitle(f"{runs[0].env_id}: mean over runs, band = 1 std")
+    fig.suptitle(f"{runs[0].env_id}: {BAND_TITLES[stat]}")
     fig.tight_layout()
     return fig
 
@@ -183,7 +266,8 @@ def plot_traces(run: Run, record_index: int = -1):
     return fig
 
 
-def plot_nmi(runs: list[Run], group_by: str = "exp_name", record_index: int = -1):
+def plot_nmi(runs: list[Run], group_by: str = "exp_name", record_index: int = -1, stat: Stat = "iqm",
+             reps: int = REPS, seed: int = SEED):
     """Fig. 3c: NMI(true, argmax q(c | tau_:t)) against the step t of the exploration episode."""
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     for name, members in group_runs(runs, group_by).items():
@@ -193,10 +277,10 @@ def plot_nmi(runs: list[Run], group_by: str = "exp_name", record_index: int = -1
         rows = [final_record(run, record_index)["nmi_per_step"] for run in members]
         if len({len(r) for r in rows}) > 1:
             raise PlotError(f"group {name}: runs with different episode lengths")
-        _mean_band(ax, np.arange(1, len(rows[0]) + 1), rows, name)
+        _band(ax, np.arange(1, len(rows[0]) + 1), rows, name, None, stat, reps, seed)
     _reference_line(ax, runs, "nmi_ceiling", "ceiling (nearest centre of the true tasks)", "k", record_index)
     ax.set(xlabel="time step t of the exploration episode", ylabel="NMI", ylim=(-0.02, 1.02),
-           title=f"{runs[0].env_id}: cluster inference on the test tasks")
+           title=f"{runs[0].env_id}: cluster inference on the test tasks\n({BAND_TITLES[stat]})")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -246,23 +330,105 @@ def plot_schedules(horizon: int = 100, **params):
     return fig
 
 
-def results_table(runs: list[Run], group_by: str = "exp_name", record_index: int = -1) -> str:
-    """Markdown: one row per (env, group), final test returns and NMI as mean +- std over its runs; the NMI also as a
-    fraction of its ceiling (the best any clustering of the true test tasks reaches), where the runs logged it."""
+def results_table(runs: list[Run], group_by: str = "exp_name", record_index: int = -1, stat: Stat = "iqm",
+                  reps: int = REPS, seed: int = SEED) -> str:
+    """Markdown: one row per (env, group), final test returns and NMI over its runs (IQM [95% CI] or mean ± std);
+    the NMI also as a fraction of its ceiling (the best any clustering of the true test tasks reaches), where the
+    runs logged it."""
     keys = _episode_keys(runs)
     lines = ["| Environment | Group | Runs | " + " | ".join(f"Episode {k.split('_')[-1]} return" for k in keys)
              + " | NMI (end of exploration) | NMI / ceiling |", "|---" * (len(keys) + 5) + "|"]
     for env_id in sorted({run.env_id for run in runs}):
         for name, members in group_runs([r for r in runs if r.env_id == env_id], group_by).items():
             finals = [final_record(run, record_index) for run in members]
-            cells = [f"{np.mean([f[k] for f in finals]):.1f} ± {np.std([f[k] for f in finals]):.1f}" for k in keys]
+            cells = [_cell([f[k] for f in finals], stat, 1, reps, seed) for k in keys]
             nmi = [f["nmi_end_of_exploration"] for f in finals if "nmi_end_of_exploration" in f]
-            nmi_cell = f"{np.mean(nmi):.3f} ± {np.std(nmi):.3f}" if len(nmi) == len(finals) else "n/a (no clusters)"
+            nmi_cell = _cell(nmi, stat, 3, reps, seed) if len(nmi) == len(finals) else "n/a (no clusters)"
             ceilings = [f["nmi_ceiling"] for f in finals if "nmi_ceiling" in f]
-            fraction = (f"{np.mean(np.divide(nmi, ceilings)):.2f} (ceiling {ceilings[0]:.3f})"
+            fraction = (f"{_cell(np.divide(nmi, ceilings), stat, 2, reps, seed, spread=False)} (ceiling {ceilings[0]:.3f})"
                         if len(nmi) == len(ceilings) == len(finals) else "n/a")
             lines.append(f"| {env_id} | {name} | {len(members)} | " + " | ".join(cells) + f" | {nmi_cell} | {fraction} |")
+    if stat == "iqm":
+        lines.append(f"\nIQM over the runs [95% stratified bootstrap CI, {reps} resamples] (rliable); with 3 runs or "
+                     "fewer the IQM is the mean.")
     return "\n".join(lines)
+
+
+def comparison_table(runs: list[Run], a: str, b: str, group_by: str = "exp_name", record_index: int = -1,
+                     reps: int = REPS, seed: int = SEED) -> str:
+    """Markdown: per env, the probability that group a improves on group b (rliable's probability of improvement)
+    on the final return of each exploitation episode and, where both infer clusters, on the NMI, with 95% bootstrap
+    CIs; and over all envs at once where both groups have the same number of runs on every env."""
+    if a == b:
+        raise PlotError(f"compare needs two different groups, not {a!r} twice")
+    keys = _episode_keys(runs)[1:] + ["nmi_end_of_exploration"]  # the exploitation episodes, then the NMI
+    by_env = {env: group_runs([r for r in runs if r.env_id == env], group_by) for env in sorted({r.env_id for r in runs})}
+    names = sorted(set().union(*by_env.values()))
+    for name in (a, b):
+        if name not in names:
+            raise PlotError(f"no group {name!r} among the runs (grouped by {group_by}); the groups are {', '.join(names)}")
+    shared = [env for env, groups in by_env.items() if a in groups and b in groups]
+    if not shared:
+        raise PlotError(f"groups {a!r} and {b!r} have no environment in common")
+
+    def values(env: str, name: str, key: str) -> list:  # the final value of each run; None where it logged none
+        return [final_record(run, record_index).get(key) for run in by_env[env][name]]
+
+    def cell(envs: list[str], key: str) -> str:  # P(a > b) on runs x envs matrices, averaged over the envs
+        matrices = []
+        for name in (a, b):
+            columns = [values(env, name, key) for env in envs]
+            if any(v is None for column in columns for v in column):
+                return f"n/a ({name} infers no clusters)"
+            if len({len(column) for column in columns}) > 1:
+                return "n/a (a different number of runs on some env)"
+            matrices.append(np.column_stack(columns))
+        return "{:.2f} [{:.2f}, {:.2f}]".format(*improvement_ci(*matrices, reps, seed))
+
+    titles = [f"episode {k.split('_')[-1]} return" if k != keys[-1] else "NMI" for k in keys]
+    lines = [f"| Environment | {a} runs | {b} runs | " + " | ".join(f"P({a} > {b}), {t}" for t in titles) + " |",
+             "|---" * (len(keys) + 3) + "|"]
+    rows = [(env, [env]) for env in shared] + ([(f"all {len(shared)} envs", shared)] if len(shared) > 1 else [])
+    for label, envs in rows:
+        counts = [{len(by_env[env][name]) for env in envs} for name in (a, b)]
+        lines.append(f"| {label} | " + " | ".join(str(c.pop()) if len(c) == 1 else "-" for c in counts) + " | "
+                     + " | ".join(cell(envs, key) for key in keys) + " |")
+    lines.append(f"\nP({a} > {b}): the probability that a run of {a} ends above a run of {b} (a tie counts half; 0.5 = "
+                 f"no difference), rliable's probability of improvement [95% stratified bootstrap CI, {reps} resamples].")
+    return "\n".join(lines)
+
+
+def plot_profiles(runs: list[Run], group_by: str = "exp_name", record_index: int = -1, reps: int = REPS, seed: int = SEED):
+    """Performance profiles (Agarwal et al. 2021): for every threshold tau, the fraction of a group's runs whose
+    final score is above tau, with a 95% bootstrap band; one axis per episode's return, and the NMI of the groups
+    that infer clusters."""
+    from rliable import library as rly, plot_utils
+
+    groups = group_runs(runs, group_by)
+    keys = _episode_keys(runs) + ["nmi_end_of_exploration"]
+    colours = {name: f"C{index % 10}" for index, name in enumerate(groups)}  # as in the curves
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.5 * len(keys), 3.6), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        scores = {f"{name} (n={len(members)})": np.array([[final_record(run, record_index)[key]] for run in members])
+                  for name, members in groups.items() if all(key in final_record(run, record_index) for run in members)}
+        if not scores:
+            continue
+        values = np.concatenate(list(scores.values())).ravel()
+        margin = 0.05 * (values.max() - values.min()) + 1e-6
+        taus = np.linspace(values.min() - margin, values.max() + margin, 101)
+        with _seeded(seed):
+            profiles, bands = rly.create_performance_profile(scores, taus, reps=reps)
+        plot_utils.plot_performance_profiles(
+            profiles, taus, performance_profile_cis=bands, ax=ax, labelsize="medium", ticklabelsize="medium",
+            colors={label: colours[label.rsplit(" (n=", 1)[0]] for label in scores},
+            xlabel=r"final NMI $\tau$" if key == keys[-1] else fr"final episode {key.split('_')[-1]} return $\tau$",
+            ylabel=r"fraction of runs above $\tau$")
+        ax.set_title("NMI at the end of the exploration episode" if key == keys[-1] else
+                     f"episode {key.split('_')[-1]} ({'exploration' if key == keys[0] else 'exploitation'})")
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle(f"{runs[0].env_id}: performance profiles of the final evaluation, band = 95% bootstrap CI")
+    fig.tight_layout()
+    return fig
 
 
 # ------------------------------------------------------------------------------------------ command line
@@ -273,8 +439,18 @@ class Figure:
 
 
 @dataclass
-class Curves(Figure):
-    """Fig. 2/4: test return per episode against frames, mean +- std over the runs of each group, plus NMI."""
+class Statistics:
+    stat: Stat = "iqm"
+    """iqm: interquartile mean over runs with a 95% stratified bootstrap CI (rliable); mean: mean +- std"""
+    reps: int = REPS
+    """bootstrap resamples for the confidence intervals"""
+    bootstrap_seed: int = SEED
+    """seed of the bootstrap resamples (the same runs give the same CIs)"""
+
+
+@dataclass
+class Curves(Figure, Statistics):
+    """Fig. 2/4: test return per episode against frames, IQM (or mean) over the runs of each group, plus NMI."""
     runs: tyro.conf.Positional[list[str]] = field(default_factory=list)
     """run folders (runs/<run_name>)"""
     group_by: str = "exp_name"
@@ -318,8 +494,8 @@ class Schedules(Figure):
 
 
 @dataclass
-class Table:
-    """Markdown table of the final test returns and NMI (mean +- std over runs) per env and group."""
+class Table(Statistics):
+    """Markdown table of the final test returns and NMI per env and group: IQM [95% CI] (or mean +- std) over runs."""
     runs: tyro.conf.Positional[list[str]] = field(default_factory=list)
     """run folders"""
     group_by: str = "exp_name"
@@ -328,10 +504,47 @@ class Table:
     """also write the table to this file"""
 
 
+@dataclass
+class Compare:
+    """Markdown table: the probability that group A improves on group B, per env, with 95% bootstrap CIs."""
+    a: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="A")]
+    """group A (a value of --group-by, e.g. milet)"""
+    b: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="B")]
+    """group B"""
+    runs: tyro.conf.Positional[list[str]] = field(default_factory=list)
+    """run folders of both groups"""
+    group_by: str = "exp_name"
+    """argument that groups runs"""
+    record: int = -1
+    """which evaluation of each run (index into eval.jsonl; -1 = the last)"""
+    reps: int = REPS
+    """bootstrap resamples for the confidence intervals"""
+    bootstrap_seed: int = SEED
+    """seed of the bootstrap resamples"""
+    out: Optional[str] = None
+    """also write the table to this file"""
+
+
+@dataclass
+class Profiles(Figure):
+    """Performance profiles of the final returns and NMI, one line per group, with 95% bootstrap bands."""
+    runs: tyro.conf.Positional[list[str]] = field(default_factory=list)
+    """run folders of one env"""
+    group_by: str = "exp_name"
+    """argument that groups runs into lines"""
+    record: int = -1
+    """which evaluation of each run (index into eval.jsonl; -1 = the last)"""
+    reps: int = REPS
+    """bootstrap resamples for the bands"""
+    bootstrap_seed: int = SEED
+    """seed of the bootstrap resamples"""
+
+
 Command = Union[
     Annotated[Curves, tyro.conf.subcommand("curves")], Annotated[Traces, tyro.conf.subcommand("traces")],
     Annotated[Nmi, tyro.conf.subcommand("nmi")], Annotated[Params, tyro.conf.subcommand("params")],
     Annotated[Schedules, tyro.conf.subcommand("schedules")], Annotated[Table, tyro.conf.subcommand("table")],
+    Annotated[Compare, tyro.conf.subcommand("compare")], Annotated[Profiles, tyro.conf.subcommand("profiles")],
 ]
 
 
@@ -339,8 +552,13 @@ def main(command) -> Optional[str]:
     """Run one subcommand; returns the file written (or the table)."""
     if command.out:  # a new folder in --out is made, as the training scripts make runs/
         os.makedirs(os.path.dirname(command.out) or ".", exist_ok=True)
-    if isinstance(command, Table):
-        text = results_table(load_runs(command.runs), command.group_by)
+    if isinstance(command, (Table, Compare)):
+        runs = load_runs(command.runs)
+        if isinstance(command, Table):
+            text = results_table(runs, command.group_by, -1, command.stat, command.reps, command.bootstrap_seed)
+        else:
+            text = comparison_table(runs, command.a, command.b, command.group_by, command.record, command.reps,
+                                    command.bootstrap_seed)
         if command.out:
             meta_test.write_atomic(command.out, text + "\n")
         return text
@@ -350,9 +568,13 @@ def main(command) -> Optional[str]:
     if isinstance(command, Schedules):
         fig = plot_schedules(command.horizon, **{name: getattr(command, name) for name in SCHEDULE_DEFAULTS})
     elif isinstance(command, Nmi):
-        fig = plot_nmi(load_runs(command.runs), command.group_by, command.record)
+        fig = plot_nmi(load_runs(command.runs), command.group_by, command.record, command.stat, command.reps,
+                       command.bootstrap_seed)
     elif isinstance(command, Curves):
-        fig = plot_curves(load_runs(command.runs), command.group_by)
+        fig = plot_curves(load_runs(command.runs), command.group_by, command.stat, command.reps, command.bootstrap_seed)
+    elif isinstance(command, Profiles):
+        fig = plot_profiles(load_runs(command.runs), command.group_by, command.record, command.reps,
+                            command.bootstrap_seed)
     elif isinstance(command, Params):
         fig = plot_params(load_run(command.run), command.record)
     else:
