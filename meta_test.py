@@ -75,7 +75,7 @@ def evaluate(eval_envs, split, seed: int, num_episodes: int, episode_length: int
     if predicted_clusters:
         # NMI(true cluster, argmax q(c | tau_:t)) after every step t = 1..H of the exploration episode (Fig. 3c)
         nmi_per_step = [float(normalized_mutual_info_score(split.test_clusters, pred)) for pred in predicted_clusters]
-        # the reference: the best NMI any clustering of the true test tasks reaches (envs_clustered.nmi_ceiling)
+        # the reference: the NMI of the most likely cluster given each true test task (envs_clustered.nmi_ceiling)
         result.update(nmi_per_step=nmi_per_step, nmi_end_of_exploration=nmi_per_step[-1],
                       nmi_ceiling=envs_clustered.nmi_ceiling(split),
                       test_clusters_pred=predicted_clusters[-1].tolist(),
