@@ -27,7 +27,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
-from torch.distributions import Categorical, Independent, Normal, kl_divergence
+from torch.distributions import Categorical, Dirichlet, Independent, MixtureSameFamily, Normal, kl_divergence
 from torch.utils.checkpoint import checkpoint
 
 
@@ -94,7 +94,8 @@ class CBVI(nn.Module):
                  action_embed=16, state_embed=32, reward_embed=16, stacked=True,
                  reward_decoder_layers=(64, 32), state_decoder_layers=(256, 128),
                  temperature=0.8, lambda_s=0.0, kl_weight=0.01, cat_weight=1e-3,
-                 lambda_i=1.0, lambda_p=0.1, num_prefixes=None):
+                 lambda_i=1.0, lambda_p=0.1, num_prefixes=None, learn_cluster_weights=False,
+                 weight_concentration=1.0, num_train_tasks=500):
         super().__init__()
         self.num_clusters, self.latent_dim, self.hidden_size = num_clusters, latent_dim, hidden_size
         self.stacked, self.temperature, self.num_prefixes = stacked, temperature, num_prefixes
@@ -121,6 +122,14 @@ class CBVI(nn.Module):
         # Learnable cluster prior p_omega(z | c) and its frozen target copy p_tgt.
         self.prior_net = mlp([K, 32, 2 * latent_dim])
         self.target_prior_net = copy.deepcopy(self.prior_net).requires_grad_(False)
+
+        # p(c): U(K) with a fixed K (the paper). With learn_cluster_weights (--num-clusters auto, beyond the paper),
+        # the weights pi get a variational posterior q(pi) = Dir(alpha) under the sparse prior Dir(gamma / K, ...),
+        # a truncated Dirichlet process: clusters that no task uses fade towards weight 0.
+        self.learn_cluster_weights, self.num_train_tasks = learn_cluster_weights, num_train_tasks
+        if learn_cluster_weights:
+            self.log_alpha = nn.Parameter(torch.zeros(K))  # q(pi) starts at Dir(1, ..., 1)
+            self.register_buffer("prior_alpha", torch.full((K,), weight_concentration / K))
 
         # Decoders: r(s_t, a_t, s_{t+1}, z) and, only if lambda_s > 0, s(s_t, a_t, z) -> s_{t+1}.
         self.dec_embed_state = mlp([obs_dim, state_embed], out_act=True)
@@ -160,10 +169,21 @@ class CBVI(nn.Module):
         x = self.z_body(torch.cat([h_beta, c], dim=-1))
         return self.z_mean_head(x), self.z_logvar_head(x)
 
+    def cluster_weights(self) -> Tensor:
+        """p(c) for the empty prefix: U(K), or with learned weights the predictive E_q[pi] = alpha / sum(alpha)."""
+        if not self.learn_cluster_weights:
+            return torch.full((self.num_clusters,), 1.0 / self.num_clusters)
+        return Dirichlet(self.log_alpha.exp()).mean
+
+    def _empty_prefix_logits(self, batch, like):  # q(c | tau_:0) = p(c): zeros for U(K)
+        if not self.learn_cluster_weights:
+            return like.new_zeros(batch, self.num_clusters)
+        return self.cluster_weights().log().expand(batch, -1)
+
     def _prefix_logits(self, h_alpha):
-        """q(c | tau_:t) logits for prefixes t = 0..T from h_alpha (T+1, B, H); q(c | tau_:0) = p(c) = U(K)."""
+        """q(c | tau_:t) logits for prefixes t = 0..T from h_alpha (T+1, B, H); q(c | tau_:0) = p(c)."""
         logits = self.cluster_head(h_alpha[1:])
-        return torch.cat([logits.new_zeros(1, *logits.shape[1:]), logits])
+        return torch.cat([self._empty_prefix_logits(logits.shape[1], logits)[None], logits])
 
     def _belief(self, logits, h_beta, sample):
         c = self._cluster(logits, sample)
@@ -173,7 +193,7 @@ class CBVI(nn.Module):
         """Zero hidden state and the belief after the empty prefix: q(c) = U(K), z from the heads on the zero state."""
         p = next(self.parameters())
         hidden = torch.zeros(batch, self.hidden_dim, device=p.device, dtype=p.dtype)
-        logits = hidden.new_zeros(batch, self.num_clusters)  # the empty prefix: q(c | tau_:0) = p(c) = U(K)
+        logits = self._empty_prefix_logits(batch, hidden)  # the empty prefix: q(c | tau_:0) = p(c)
         return hidden, self._belief(logits, self._split(hidden)[1][0], sample)
 
     def step(self, prev_action, obs, reward, hidden, sample=True):
@@ -207,6 +227,23 @@ class CBVI(nn.Module):
     def refresh_target_prior(self):
         """Hard copy p_omega -> p_tgt (the authors refresh every 50 iterations)."""
         self.target_prior_net.load_state_dict(self.prior_net.state_dict())
+
+    # ------------------------------------------------------------- out-of-distribution scores
+    @torch.no_grad()
+    def ood_scores(self, belief: Belief, obs, actions, rewards, next_obs) -> dict:
+        """Two candidate OOD scores per task after an episode (T, B, .) and the belief at its end; higher = less like
+        the training tasks (beyond the paper, whose conclusion names OOD detection as future work):
+          * "prior_nll": -log sum_k p(c = k) p_omega(z_mean | c = k), the posterior mean z under the learned mixture
+            of cluster priors;
+          * "reward_error": the mean squared reward reconstruction error of the episode, decoded from z_mean."""
+        eye = torch.eye(self.num_clusters, device=belief.z_mean.device, dtype=belief.z_mean.dtype)
+        mixture = MixtureSameFamily(Categorical(probs=self.cluster_weights().to(eye)), self.prior(eye))
+        if rewards.dim() == actions.dim() - 1:
+            rewards = rewards.unsqueeze(-1)
+        decoder_input = torch.cat([self.dec_embed_state(obs), self.dec_embed_action(actions),
+                                   self.dec_embed_state(next_obs)], dim=-1)
+        reward_error = (self.reward_decoder(belief.z_mean[None, None], decoder_input)[0] - rewards).pow(2).mean((0, 2))
+        return {"prior_nll": -mixture.log_prob(belief.z_mean), "reward_error": reward_error}
 
     # ------------------------------------------------------------------------------- loss
     def loss(self, obs, actions, rewards, next_obs):
@@ -244,8 +281,14 @@ class CBVI(nn.Module):
         # Eq. 4: KL(q(z|c,tau_:t) || p_omega(z|c)) under the sampled c (summed over z's dimensions);
         # KL(q(c|tau_:t) || U(K)). Both are averaged over prefixes and trials.
         kl_z = kl_divergence(q_z, self.prior(c)).mean()
-        uniform = Categorical(logits=torch.zeros_like(logits))
-        kl_c = kl_divergence(Categorical(logits=logits), uniform).mean()
+        if not self.learn_cluster_weights:
+            uniform = Categorical(logits=torch.zeros_like(logits))
+            kl_c = kl_divergence(Categorical(logits=logits), uniform).mean()
+        else:  # E_q(pi) KL(q(c|tau) || Cat(pi)) = -H(q(c|tau)) - sum_k q_k E[log pi_k], plus the global KL of q(pi)
+            q_c, alpha = Categorical(logits=logits), self.log_alpha.exp()
+            expected_log_weights = torch.digamma(alpha) - torch.digamma(alpha.sum())
+            kl_c = (-q_c.entropy() - (q_c.probs * expected_log_weights).sum(-1)).mean()
+            kl_c = kl_c + kl_divergence(Dirichlet(alpha), Dirichlet(self.prior_alpha)) / self.num_train_tasks
 
         # Eq. 7: L_P = 1/K sum_k KL(p_omega(z|c=e_k) || p_tgt(z|c=e_k)).
         eye = torch.eye(self.num_clusters, device=logits.device, dtype=logits.dtype)

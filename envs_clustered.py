@@ -174,6 +174,29 @@ def make_task_split(env_id: str, *, num_train: int = 500, num_test: int = 32, se
     return TaskSplit(train_tasks, train_clusters, test_tasks, test_clusters, env_id)
 
 
+OOD_GOAL_RADIUS = 3.5
+OOD_HELD_OUT_CLUSTER = NUM_CLUSTERS - 1  # direction envs: this cluster is left out of meta-training with --ood-eval
+
+
+def make_ood_tasks(env_id: str, n: int = 32, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(tasks, nearest clusters) outside the meta-training distribution, reproducible from ``seed`` (beyond the
+    paper: its conclusion names OOD detection as future work).
+      * goal envs: the training clusters' angles, at radius 3.5 instead of 2;
+      * direction envs: the tasks of cluster OOD_HELD_OUT_CLUSTER, which meta-training leaves out with --ood-eval;
+      * rand-params: two parameter groups scaled at once (training scales one).
+    The clusters are balanced (index % 4); for rand-params the first scaled group is reported."""
+    kind, rng = _kind(env_id), np.random.default_rng(seed)
+    clusters = np.arange(n) % NUM_CLUSTERS
+    if kind == "dir":
+        clusters = np.full(n, OOD_HELD_OUT_CLUSTER)
+        return sample_tasks(env_id, clusters, rng), clusters
+    if kind == "goal":
+        return sample_tasks(env_id, clusters, rng) * (OOD_GOAL_RADIUS / GOAL_RADIUS), clusters
+    second = (clusters + 1 + rng.integers(NUM_CLUSTERS - 1, size=n)) % NUM_CLUSTERS  # another group, at random
+    # each factor scales one group and holds ones elsewhere, so their product scales both groups
+    return sample_tasks(env_id, clusters, rng) * sample_tasks(env_id, second, rng), clusters
+
+
 def nmi_ceiling(split: TaskSplit) -> float:
     """The NMI reference: the NMI between the true test clusters and the nearest-centre assignment of the TRUE test
     task parameters (``infer_cluster`` without the split), the most likely cluster given the task. The goal and

@@ -41,7 +41,8 @@ import envs_clustered
 TOTAL_TIMESTEPS = {"PointGoal": 2_000_000, "AntGoal": 50_000_000, "AntGoalPartial": 50_000_000, "AntU": 50_000_000,
                    "HumanoidDir": 30_000_000, "HumanoidDirSparse": 30_000_000, "HopperRandParams": 10_000_000,
                    "WalkerRandParams": 10_000_000}
-SUMMARY_KEYS = ("nmi_end_of_exploration", "nmi_per_step", "nmi_ceiling", "test_clusters_true", "test_clusters_pred")
+SUMMARY_KEYS = ("nmi_end_of_exploration", "nmi_per_step", "nmi_ceiling", "test_clusters_true", "test_clusters_pred",
+                "num_clusters_found", "cluster_weights")
 
 
 @torch.no_grad()
@@ -131,7 +132,8 @@ def summary(args, global_step: int, sps: int, record: dict) -> dict:
     return {"env_id": args.env_id, "seed": args.seed, "global_step": global_step, "sps": sps,
             **{f"test_{k}": v for k, v in record.items() if k.startswith("return_episode_")},
             **{k: v for k, v in record.items() if k.startswith("oracle_return_episode_")},
-            **{k: record[k] for k in SUMMARY_KEYS if k in record}, "args": vars(args)}
+            **{k: record[k] for k in SUMMARY_KEYS if k in record},
+            **{k: v for k, v in record.items() if k.startswith("ood_")}, "args": vars(args)}
 
 
 def start_run(args):

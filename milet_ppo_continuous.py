@@ -20,8 +20,8 @@ import os
 import random
 import sys
 import time
-from dataclasses import asdict, dataclass
-from typing import Optional
+from dataclasses import asdict, dataclass, replace
+from typing import Literal, Optional, Union
 
 import gymnasium as gym
 import numpy as np
@@ -31,6 +31,7 @@ import torch.nn.functional as F
 import torch.optim as optim
 import tyro
 from gymnasium.wrappers.utils import RunningMeanStd
+from sklearn.metrics import roc_auc_score
 from torch.distributions import Categorical, kl_divergence
 from torch.distributions.normal import Normal
 from tqdm import tqdm
@@ -92,8 +93,16 @@ class Args:
     """torch's CPU threads (1 measured fastest on 2 cores; numbers are reproducible per thread count)"""
 
     # Cluster-based variational inference (Sec. 4.1)
-    num_clusters: int = 4
-    """K, the number of clusters the model assumes"""
+    num_clusters: Union[int, Literal["auto"]] = 4
+    """K, the number of clusters the model assumes; auto: up to --max-clusters, with learned weights (beyond the paper)"""
+    max_clusters: int = 10
+    """K_max, the clusters available to --num-clusters auto"""
+    weight_concentration: float = 1.0
+    """gamma of the sparse prior Dir(gamma / K_max) on the cluster weights (--num-clusters auto)"""
+    ood_eval: bool = False
+    """also score every evaluation's test tasks against out-of-distribution tasks (ood_auroc; beyond the paper)"""
+    ood_score: Literal["prior_nll", "reward_error"] = "prior_nll"
+    """the OOD score that ood_auroc reports (both are logged): see CBVI.ood_scores"""
     latent_dim: int = 10
     """dimension of the task latent z"""
     stacked_gru: bool = True
@@ -226,8 +235,12 @@ def parse_args(argv: Optional[list[str]] = None) -> Args:
     then the settings are checked with one clear line each, before anything is written."""
     env_id = meta_test.peek_env_id(argv, ENV_DEFAULTS)
     args = tyro.cli(Args, args=argv, default=Args(env_id=env_id, **ENV_DEFAULTS[env_id]))
-    if args.num_clusters < 1:
-        meta_test.exit_with_error(f"--num-clusters must be >= 1, got {args.num_clusters}")
+    if args.num_clusters != "auto" and args.num_clusters < 1:
+        meta_test.exit_with_error(f"--num-clusters must be >= 1 or auto, got {args.num_clusters}")
+    if args.num_clusters == "auto" and args.max_clusters < 2:
+        meta_test.exit_with_error(f"--max-clusters must be >= 2 with --num-clusters auto, got {args.max_clusters}")
+    if args.ood_eval and envs_clustered._kind(env_id) == "dir":
+        meta_test.exit_with_error("--ood-eval is not built for the direction envs yet (goal and rand-params envs only)")
     meta_test.check_trial_args(args, ("vae_updates", "vae_batch_size", "target_prior_every", "checkpoint_every"))
     return args
 
@@ -280,13 +293,14 @@ class Agent(nn.Module):
 def build_models(args: Args, obs_dim: int, action_dim: int, device):
     """The CBVI model (cbvi.py) and the two policies on policy_input; pi_psi is None for --no-exploration-policy."""
     cbvi = CBVI(
-        obs_dim, action_dim, num_clusters=args.num_clusters, latent_dim=args.latent_dim,
+        obs_dim, action_dim, num_clusters=cluster_slots(args), latent_dim=args.latent_dim,
         hidden_size=args.encoder_hidden_size, action_embed=args.encoder_embed_sizes[0],
         state_embed=args.encoder_embed_sizes[1], reward_embed=args.encoder_embed_sizes[2], stacked=args.stacked_gru,
         reward_decoder_layers=args.reward_decoder_layers, state_decoder_layers=args.state_decoder_layers,
         temperature=args.gumbel_temperature, lambda_s=args.lambda_s, kl_weight=args.kl_weight,
         cat_weight=args.cat_weight, lambda_i=args.lambda_i, lambda_p=args.lambda_p,
-        num_prefixes=args.vae_num_prefixes or None,
+        num_prefixes=args.vae_num_prefixes or None, learn_cluster_weights=args.num_clusters == "auto",
+        weight_concentration=args.weight_concentration,
     ).to(device)
     input_dim = policy_input_dim(args, obs_dim)
     exploit_agent = Agent(input_dim, action_dim, args.policy_layers).to(device)
@@ -296,7 +310,12 @@ def build_models(args: Args, obs_dim: int, action_dim: int, device):
 
 def policy_input_dim(args: Args, obs_dim: int) -> int:
     """The width of policy_input: state, t / H, z mean, z log-variance and (by default) q(c | tau_:t)."""
-    return obs_dim + 1 + 2 * args.latent_dim + (args.num_clusters if args.policy_cluster_probs else 0)
+    return obs_dim + 1 + 2 * args.latent_dim + (cluster_slots(args) if args.policy_cluster_probs else 0)
+
+
+def cluster_slots(args: Args) -> int:
+    """K: --num-clusters, or --max-clusters with --num-clusters auto."""
+    return args.max_clusters if args.num_clusters == "auto" else args.num_clusters
 
 
 def policy_input(obs: np.ndarray, step: int, belief, obs_rms: RunningMeanStd, args: Args, device) -> torch.Tensor:
@@ -373,20 +392,56 @@ def reward_weights(t, horizon: int, args: Args) -> tuple:
 @torch.no_grad()
 def evaluate(args: Args, cbvi, explore_agent, exploit_agent, obs_rms, eval_envs, split, device) -> dict:
     """Meta-test (Algorithm 2, meta_test.py) on the fixed test tasks: mean actions and the argmax cluster.
-    Reads the training observation statistics but never updates them (the authors' code did)."""
+    Reads the training observation statistics but never updates them (the authors' code did). Also logs the
+    clusters in use and the weights p(c); with --ood-eval, the AUROC of the OOD scores (beyond the paper)."""
+    record, exploration = meta_test_trial(args, cbvi, explore_agent, exploit_agent, obs_rms, eval_envs, split, device)
+    record.update(num_clusters_found=len(set(record["test_clusters_pred"])),
+                  cluster_weights=[round(w, 4) for w in cbvi.cluster_weights().tolist()])
+    if args.ood_eval:  # the test tasks against OOD tasks; the threshold flags 5% of training tasks
+        scores = {"test": cbvi.ood_scores(*exploration)}
+        ood_tasks, ood_clusters = envs_clustered.make_ood_tasks(args.env_id, len(split.test_tasks), seed=args.task_seed)
+        for name, tasks, clusters in (("ood", ood_tasks, ood_clusters),
+                                      ("train", split.train_tasks[:len(split.test_tasks)], split.train_clusters)):
+            other = replace(split, test_tasks=tasks, test_clusters=clusters[:len(tasks)])
+            scores[name] = cbvi.ood_scores(*meta_test_trial(args, cbvi, explore_agent, exploit_agent, obs_rms,
+                                                              eval_envs, other, device)[1])
+        is_ood = np.r_[np.zeros(len(split.test_tasks)), np.ones(len(ood_tasks))]
+        for candidate in scores["test"]:
+            test, ood, train = (scores[name][candidate].cpu().numpy() for name in ("test", "ood", "train"))
+            threshold = float(np.quantile(train, 0.95))
+            record[f"ood_auroc_{candidate}"] = float(roc_auc_score(is_ood, np.r_[test, ood]))
+            record[f"ood_flagged_{candidate}"] = {"test": float((test > threshold).mean()),
+                                                  "ood": float((ood > threshold).mean())}
+        record["ood_auroc"] = record[f"ood_auroc_{args.ood_score}"]
+    return record
+
+
+def meta_test_trial(args: Args, cbvi, explore_agent, exploit_agent, obs_rms, eval_envs, split, device):
+    """One meta-test trial on split's test tasks: (the eval.jsonl record, the exploration episode as
+    (belief at its end, states, actions, rewards, next states))."""
     hidden, belief = cbvi.initial_belief(len(split.test_tasks), sample=False)
+    episode = {"states": [], "actions": [], "rewards": [], "next_states": []}
 
     def act(obs, step):
         agent = explore_agent if step < args.episode_length and explore_agent is not None else exploit_agent
+        if step < args.episode_length:
+            episode["states"].append(torch.as_tensor(obs, dtype=torch.float32, device=device))
         return agent.get_action_and_value(policy_input(obs, step, belief, obs_rms, args, device), deterministic=True)[0]
 
     def observe(action, next_state, reward, step):
         nonlocal hidden, belief
         hidden, belief = cbvi.step(action, next_state, reward, hidden, sample=False)
+        if step < args.episode_length:
+            for key, value in zip(("actions", "rewards", "next_states"), (action, reward, next_state)):
+                episode[key].append(value)
+            episode["belief"] = belief
         return belief.cluster_probs
 
-    return meta_test.evaluate(eval_envs, split, args.seed + 10_000, 1 + args.num_exploit_episodes,
-                              args.episode_length, act, observe)
+    record = meta_test.evaluate(eval_envs, split, args.seed + 10_000, 1 + args.num_exploit_episodes,
+                                args.episode_length, act, observe)
+    exploration = (episode["belief"], *(torch.stack(episode[key]) for key in ("states", "actions", "rewards",
+                                                                              "next_states")))
+    return record, exploration
 
 
 def save_checkpoint(path, args, cbvi, explore_agent, exploit_agent, obs_rms, iteration, global_step):
@@ -464,7 +519,7 @@ if __name__ == "__main__":
     actions = torch.zeros((T, B, action_dim), device=device)
     logprobs, values, rewards = (torch.zeros((T, B), device=device) for _ in range(3))
     states, next_states = torch.zeros((T, B, obs_dim), device=device), torch.zeros((T, B, obs_dim), device=device)
-    cluster_probs = torch.zeros((T + 1, B, args.num_clusters), device=device)
+    cluster_probs = torch.zeros((T + 1, B, cluster_slots(args)), device=device)
 
     # Everything a checkpoint must hold so that --resume continues exactly as an uninterrupted run (CPU, same threads)
     stateful = {"cbvi": cbvi, "exploit_agent": exploit_agent, "explore_agent": explore_agent, "buffer": buffer,
