@@ -10,6 +10,7 @@ A tyro command-line tool with one subcommand per figure; every function can also
     python plots.py table runs/*                                         # Markdown table of final returns and NMI
     python plots.py compare milet varibad runs/*                         # P(milet improves on varibad), with its CI
     python plots.py profiles runs/PointGoal__* --out profiles.png        # performance profiles of the final scores
+    python plots.py clusters runs/PointGoal__* --out clusters.png        # Table 1 as a figure: K = 2..8 and auto
 
 Runs are grouped into lines by a field of their arguments (`--group-by`, default `exp_name`). The statistics over
 the runs (seeds) of a group are those of Agarwal et al. (NeurIPS 2021), computed by the `rliable` package: the
@@ -287,6 +288,36 @@ def plot_nmi(runs: list[Run], group_by: str = "exp_name", record_index: int = -1
     return fig
 
 
+def plot_cluster_counts(runs: list[Run], group_by: str = "exp_name", late: float = 0.8):
+    """Table 1 as a figure, plus --num-clusters auto: per group (K = 2, 4, ..., auto), the late-average episode-2
+    return, the late-average NMI with its reference, and the clusters found (evaluations at >= `late` of training)."""
+    groups = group_runs(runs, group_by)
+    keys = [("return_episode_2", "episode-2 return"), ("nmi_end_of_exploration", "NMI, end of exploration"),
+            ("num_clusters_found", "clusters found (test tasks)")]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
+    for x, (name, members) in enumerate(groups.items()):
+        for ax, (key, _) in zip(axes, keys):
+            values = []
+            for run in members:
+                last = run.records[-1]["global_step"]
+                late_records = [r for r in run.records if r["global_step"] >= late * last and key in r]
+                if not late_records:
+                    raise PlotError(f"{run.path} logs no {key}")
+                values.append(float(np.mean([r[key] for r in late_records])))
+            ax.scatter(np.full(len(values), x), values, color="0.5", s=14, zorder=3)
+            ax.errorbar(x, np.mean(values), yerr=np.std(values), fmt="o", color="C0", capsize=4)
+    _reference_line(axes[0], runs, "oracle_return_episode_2", "oracle", "g")
+    _reference_line(axes[1], runs, "nmi_ceiling", "nearest-centre reference", "k")
+    for ax, (_, label) in zip(axes, keys):
+        ax.set_xticks(range(len(groups)), list(groups), rotation=20)
+        ax.set(title=label)
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=8)
+    fig.suptitle(f"{runs[0].env_id}: late averages per run (grey) and mean +- std per group (blue)", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
 def params_table(run: Run, record_index: int = -1) -> tuple[np.ndarray, list[int]]:
     """(inferred clusters x parameter groups) mean multiplier of the test tasks, and the inferred cluster ids."""
     if envs_clustered._kind(run.env_id) != "params":
@@ -526,6 +557,15 @@ class Compare:
 
 
 @dataclass
+class Clusters(Figure):
+    """Table 1 as a figure: episode-2 return, NMI and clusters found per number of clusters K (and auto)."""
+    runs: tyro.conf.Positional[list[str]] = field(default_factory=list)
+    """run folders of one env"""
+    group_by: str = "exp_name"
+    """argument that groups runs (e.g. exp_name k2, k4, auto)"""
+
+
+@dataclass
 class Profiles(Figure):
     """Performance profiles of the final returns and NMI, one line per group, with 95% bootstrap bands."""
     runs: tyro.conf.Positional[list[str]] = field(default_factory=list)
@@ -545,6 +585,7 @@ Command = Union[
     Annotated[Nmi, tyro.conf.subcommand("nmi")], Annotated[Params, tyro.conf.subcommand("params")],
     Annotated[Schedules, tyro.conf.subcommand("schedules")], Annotated[Table, tyro.conf.subcommand("table")],
     Annotated[Compare, tyro.conf.subcommand("compare")], Annotated[Profiles, tyro.conf.subcommand("profiles")],
+    Annotated[Clusters, tyro.conf.subcommand("clusters")],
 ]
 
 
@@ -572,6 +613,8 @@ def main(command) -> Optional[str]:
                        command.bootstrap_seed)
     elif isinstance(command, Curves):
         fig = plot_curves(load_runs(command.runs), command.group_by, command.stat, command.reps, command.bootstrap_seed)
+    elif isinstance(command, Clusters):
+        fig = plot_cluster_counts(load_runs(command.runs), command.group_by)
     elif isinstance(command, Profiles):
         fig = plot_profiles(load_runs(command.runs), command.group_by, command.record, command.reps,
                             command.bootstrap_seed)

@@ -115,3 +115,20 @@ def test_auto_and_ood_bad_input_is_one_line(tmp_path):
     result = run_script(tmp_path, "--env-id", "HumanoidDir", "--ood-eval", check=False)
     assert result.returncode != 0 and "--ood-eval is not built for the direction envs yet" in result.stderr
     assert os.listdir(tmp_path) == []
+
+
+def test_clusters_figure_shows_each_groups_late_averages(tmp_path):
+    import plots
+
+    for name, flags in (("k2", ["--num-clusters", "2"]), ("auto", ["--num-clusters", "auto", "--max-clusters", "5"])):
+        run_script(tmp_path / name, *tiny(3), "--exp-name", name, *flags)
+    runs = plots.load_runs([only_run_dir(tmp_path / name) for name in ("k2", "auto")])
+    fig = plots.plot_cluster_counts(runs)
+    found_axis = fig.axes[2]
+    assert [tick.get_text() for tick in found_axis.get_xticklabels()] == ["k2", "auto"]
+    # the grey points are each run's late average of num_clusters_found (evaluations at >= 80% of training)
+    late = [r["num_clusters_found"] for r in runs[1].records if r["global_step"] >= 0.8 * runs[1].records[-1]["global_step"]]
+    from matplotlib.collections import PathCollection
+
+    points = [c for c in found_axis.collections if isinstance(c, PathCollection)]
+    np.testing.assert_allclose(points[1].get_offsets()[0], [1, np.mean(late)])
