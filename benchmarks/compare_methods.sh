@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# MILET against its Appendix E ablations, K = 2/4/6/8 clusters, VariBAD and RL2, on the same protocol
+# MILET against its Appendix E ablations, K = 2/4/6/8 clusters, VariBAD, RL2 and PEARL, on the same protocol
 # (meta_test.py), in a bounded number of parallel workers; then the results table and curves from plots.py.
 #
 #   bash benchmarks/compare_methods.sh quick   # PointGoal, 3 seeds, 27 runs of 1M frames: 81 minutes on 2 CPU cores
@@ -30,7 +30,8 @@ milet_k2|milet_ppo_continuous.py|--num-clusters 2
 milet_k6|milet_ppo_continuous.py|--num-clusters 6
 milet_k8|milet_ppo_continuous.py|--num-clusters 8
 varibad|varibad_ppo_continuous.py|
-rl2|rl2_ppo_continuous.py|"
+rl2|rl2_ppo_continuous.py|
+pearl|pearl_sac_continuous.py|"
 # (milet is K = 4, the default)
 
 jobs=()
