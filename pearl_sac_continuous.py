@@ -94,7 +94,7 @@ class Args:
 
     # PEARL. None: the env's row of ENV_DEFAULTS below (PointGoal's value / PEARL's ant-goal value in brackets)
     total_timesteps: Optional[int] = None
-    """total environment frames (None: ENV_DEFAULTS, PointGoal 320k / MILET's budget for the MuJoCo envs)"""
+    """total environment frames (None: ENV_DEFAULTS, PointGoal 256k / MILET's budget for the MuJoCo envs)"""
     latent_size: Optional[int] = None
     """dimension of z (None: ENV_DEFAULTS, PointGoal 5 / ant-goal 5)"""
     net_size: Optional[int] = None
@@ -102,7 +102,7 @@ class Args:
     encoder_size: Optional[int] = None
     """width of the 3 hidden layers of the context encoder (None: ENV_DEFAULTS, PointGoal 128 / ant-goal 200)"""
     learning_rate: Optional[float] = None
-    """Adam lr of the actor, the Q and V networks and the encoder (None: ENV_DEFAULTS, PointGoal 3e-4 / ant-goal 3e-4)"""
+    """Adam lr of the actor, the Q and V networks and the encoder (None: ENV_DEFAULTS, PointGoal 1e-3 / ant-goal 3e-4)"""
     meta_batch: Optional[int] = None
     """tasks per gradient step (None: ENV_DEFAULTS, PointGoal 8 / ant-goal 10)"""
     batch_size: Optional[int] = None
@@ -114,11 +114,11 @@ class Args:
     reward_scale: Optional[float] = None
     """rewards are multiplied by this in the Bellman target; 1 / alpha (None: ENV_DEFAULTS, PointGoal 5 / ant-goal 5)"""
     gamma: Optional[float] = None
-    """the discount factor gamma (None: ENV_DEFAULTS, PointGoal 0.99 / ant-goal 0.99)"""
+    """the discount factor gamma (None: ENV_DEFAULTS, PointGoal 0.97 / ant-goal 0.99)"""
     tau: Optional[float] = None
     """Polyak rate of the target V network (None: ENV_DEFAULTS, PointGoal 0.005 / ant-goal 0.005)"""
     updates_per_iteration: Optional[int] = None
-    """gradient steps per iteration of num_envs trials (None: ENV_DEFAULTS, PointGoal 100 / ant-goal 2560)"""
+    """gradient steps per iteration of num_envs trials (None: ENV_DEFAULTS, PointGoal 200 / ant-goal 2560)"""
     use_next_obs_in_context: Optional[bool] = None
     """the context holds s' too (None: ENV_DEFAULTS, True for the rand-params envs as PEARL's configs, else False)"""
 
@@ -134,7 +134,7 @@ class Args:
 # gradient steps per 5000 collected transitions on our 3200-frame iterations. The MuJoCo envs keep MILET's frame budget,
 # so that all methods get the same frames. PointGoal (not in PEARL) is sized to learn in about 15 minutes on one core.
 ENV_DEFAULTS = {
-    "PointGoal": dict(total_timesteps=320_000, latent_size=5, net_size=128, encoder_size=128, learning_rate=3e-4, meta_batch=8, batch_size=128, context_size=100, kl_lambda=0.1, reward_scale=5.0, gamma=0.99, tau=0.005, updates_per_iteration=100, use_next_obs_in_context=False),
+    "PointGoal": dict(total_timesteps=256_000, latent_size=5, net_size=128, encoder_size=128, learning_rate=1e-3, meta_batch=8, batch_size=128, context_size=100, kl_lambda=0.1, reward_scale=5.0, gamma=0.97, tau=0.005, updates_per_iteration=200, use_next_obs_in_context=False),
     "AntGoal": dict(total_timesteps=50_000_000, latent_size=5, net_size=300, encoder_size=200, learning_rate=3e-4, meta_batch=10, batch_size=256, context_size=256, kl_lambda=1.0, reward_scale=5.0, gamma=0.99, tau=0.005, updates_per_iteration=2560, use_next_obs_in_context=False),
     "AntGoalPartial": dict(total_timesteps=50_000_000, latent_size=5, net_size=300, encoder_size=200, learning_rate=3e-4, meta_batch=10, batch_size=256, context_size=256, kl_lambda=1.0, reward_scale=5.0, gamma=0.99, tau=0.005, updates_per_iteration=2560, use_next_obs_in_context=False),
     "AntU": dict(total_timesteps=50_000_000, latent_size=5, net_size=300, encoder_size=200, learning_rate=3e-4, meta_batch=10, batch_size=256, context_size=256, kl_lambda=1.0, reward_scale=5.0, gamma=0.99, tau=0.005, updates_per_iteration=2560, use_next_obs_in_context=False),
