@@ -2,7 +2,9 @@
 # MILET against its Appendix E ablations, K = 2/4/6/8 clusters, VariBAD, RL2 and PEARL, on the same protocol
 # (meta_test.py), in a bounded number of parallel workers; then the results table and curves from plots.py.
 #
-#   bash benchmarks/compare_methods.sh quick   # PointGoal, 3 seeds, 27 runs of 1M frames: 81 minutes on 2 CPU cores
+#   bash benchmarks/compare_methods.sh quick   # PointGoal, 3 seeds, 30 runs of 1M frames: 81 minutes on 2 CPU cores for
+#                                              # the 27 PPO runs; PEARL (off-policy, 200 gradient steps per 3,200 frames)
+#                                              # takes about 45 minutes per 1M-frame run on a shared core (docs/pearl.md)
 #   bash benchmarks/compare_methods.sh full    # the paper's environments and frame budgets, for a bigger machine
 #
 # Environment variables override the mode: ENV_IDS, SEEDS, WORKERS (parallel runs), FRAMES (empty: each script's
