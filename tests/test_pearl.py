@@ -131,13 +131,15 @@ def test_tiny_run_writes_the_same_keys_as_varibad(tmp_path):
     assert {"losses/qf_loss", "losses/kl", "losses/policy_loss", "eval/return_episode_2", "charts/SPS"} <= set(tags)
 
 
-@pytest.mark.parametrize("env_id", ["AntGoal", "HopperRandParams"])
+@pytest.mark.parametrize("env_id", [env_id for env_id in pearl.envs_clustered.ENV_IDS if env_id != "PointGoal"])
 def test_mujoco_envs_run_with_their_table_row(tmp_path, env_id):
     run_pearl(tmp_path, "--env-id", env_id, *TINY, "--net-size", "32", "--encoder-size", "32")
     args = json.load(open(os.path.join(only_run_dir(tmp_path), "args.json")))
     row = pearl.ENV_DEFAULTS[env_id]
     assert args["kl_lambda"] == row["kl_lambda"] and args["use_next_obs_in_context"] == row["use_next_obs_in_context"]
     assert args["total_timesteps"] == 80 and args["net_size"] == 32  # the flags given win over the row
+    summary = json.load(open(os.path.join(only_run_dir(tmp_path), "summary.json")))
+    assert summary["env_id"] == env_id and summary["global_step"] == 80 and len(summary["test_clusters_true"]) == 32
 
 
 def test_every_env_has_one_complete_row():
