@@ -3,7 +3,7 @@ print its figures per seed, with the lowest of each (the thresholds must sit bel
 
     python benchmarks/calibrate_learning_check.py --method milet --seeds 1 2 3 4 5 --jobs 2
 
---method is milet, varibad or rl2. Runs go to benchmarks/calibration_runs/<method>/ (git-ignored). Each run takes
+--method is milet, varibad, rl2 or pearl (its default run, no flags; use --jobs 1 on a shared machine). Runs go to benchmarks/calibration_runs/<method>/ (git-ignored). Each run takes
 8-11 minutes on one CPU core.
 """
 import argparse
@@ -15,13 +15,16 @@ from concurrent.futures import ThreadPoolExecutor
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
-from test_learning import LEARNING_FLAGS, SCRIPTS, learning_figures  # noqa: E402
+from test_learning import LEARNING_FLAGS, PEARL_SCRIPT, SCRIPTS, learning_figures  # noqa: E402
+
+SCRIPTS = {**SCRIPTS, "pearl": PEARL_SCRIPT}
+FLAGS = {method: [] if method == "pearl" else LEARNING_FLAGS for method in SCRIPTS}  # PEARL: its default run
 
 
-def run_seed(script: str, seed: int, runs_dir: str) -> dict:
+def run_seed(script: str, seed: int, runs_dir: str, flags: list) -> dict:
     seed_dir = os.path.join(runs_dir, f"seed{seed}")
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    subprocess.run([sys.executable, script, "--runs-dir", seed_dir, "--seed", str(seed), *LEARNING_FLAGS],
+    subprocess.run([sys.executable, script, "--runs-dir", seed_dir, "--seed", str(seed), *flags],
                    check=True, capture_output=True, cwd=ROOT, env=env)
     newest = max((os.path.join(seed_dir, name) for name in os.listdir(seed_dir)), key=os.path.getmtime)  # this run
     return {"seed": seed, **learning_figures(newest)}
@@ -36,9 +39,9 @@ if __name__ == "__main__":
                         help="runs go to RUNS_DIR/<method>/seed<S>/")
     cli = parser.parse_args()
     with ThreadPoolExecutor(cli.jobs) as pool:
-        rows = list(pool.map(lambda seed: run_seed(SCRIPTS[cli.method], seed, os.path.join(cli.runs_dir, cli.method)),
+        rows = list(pool.map(lambda seed: run_seed(SCRIPTS[cli.method], seed, os.path.join(cli.runs_dir, cli.method), FLAGS[cli.method]),
                              cli.seeds))
-    print(f"command: {os.path.basename(SCRIPTS[cli.method])} {' '.join(LEARNING_FLAGS)} --seed S")
+    print(f"command: {os.path.basename(SCRIPTS[cli.method])} {' '.join(FLAGS[cli.method])} --seed S")
     print("| seed | " + " | ".join(k for k in rows[0] if k != "seed") + " |")
     for row in rows:
         print(f"| {row['seed']} | " + " | ".join(f"{v:.3f}" for k, v in row.items() if k != "seed") + " |")

@@ -45,6 +45,7 @@ VARIANTS = {
     "milet_k8": ("milet_ppo_continuous.py", ("--num-clusters", "8")),
     "varibad": ("varibad_ppo_continuous.py", ()),
     "rl2": ("rl2_ppo_continuous.py", ()),
+    "pearl": ("pearl_sac_continuous.py", ()),  # off-policy: about 45 minutes per 1M frames on one core (docs/pearl.md)
 }
 PRESETS = {  # frames None: each script's default budget for the env (the paper's)
     "quick": dict(envs=("PointGoal",), seeds=(1, 2, 3), frames=1_000_000, workers=2),

@@ -1,5 +1,6 @@
 """The learning checks: the default PointGoal run (2M frames, about 9-12 minutes on one CPU thread) of each method must
-learn: MILET to cluster the test tasks and to exploit, VariBAD and RL2 (which have no clusters) to exploit.
+learn: MILET to cluster the test tasks and to exploit, VariBAD and RL2 (which have no clusters) to exploit. PEARL's
+check (end of file) runs its own default budget, 256k frames, and follows the same rule.
 
 Each check averages the evaluations in the last 20% of training (iterations 500, 525, ..., 625 with --eval-every
 25), because one deterministic evaluation on 32 test tasks is noisy, and asserts:
@@ -98,3 +99,31 @@ def test_default_pointgoal_run_learns(tmp_path, method):
             f"late NMI at the end of exploration {figures['late_nmi']:.3f} is not clearly above chance"
     else:
         assert "late_nmi" not in figures  # no clusters: nothing to score
+
+
+# PEARL (pearl_sac_continuous.py) is off-policy: its default PointGoal run is sized by wall time, not by MILET's 2M
+# frames (docs/pearl.md), and evaluates every 5 iterations, so its late window holds PEARL_LATE_EVALUATIONS evaluations.
+PEARL_SCRIPT = os.path.join(ROOT, "pearl_sac_continuous.py")
+# CALIBRATION: `python benchmarks/calibrate_learning_check.py --method pearl --seeds 1 2 3 --jobs 1` (the default run,
+# one run at a time, OMP_NUM_THREADS=1), 2026-11-26, the code of commit f6d1ad3, on the shared 2-core CPU (10.4, 13.3 and 8.1 minutes for seeds 1-3).
+# seed: late-average episode-2 gain (late episode 2 / untrained): 1: -183.0 / -259.1, 2: -192.3 / -262.8, 3: -183.6 / -260.7
+PEARL_CALIBRATION = {1: 76.1, 2: 70.5, 3: 77.1}
+PEARL_EPISODE_2_GAIN_THRESHOLD = 30.0  # below half of the lowest seed (70.5), as the other methods' thresholds
+PEARL_LATE_EVALUATIONS = 4  # iterations 65, 70, 75, 80 of 80
+
+
+def test_pearl_threshold_sits_below_every_calibrated_seed():
+    assert min(PEARL_CALIBRATION.values()) > 2 * PEARL_EPISODE_2_GAIN_THRESHOLD > 0  # as the other methods
+
+
+@pytest.mark.learning
+def test_default_pointgoal_pearl_run_learns(tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1")  # one thread, as in the calibration, for identical numbers
+    result = subprocess.run([sys.executable, PEARL_SCRIPT, "--runs-dir", str(tmp_path), "--seed", str(CHECKED_SEED)],
+                            capture_output=True, text=True, cwd=ROOT, env=env, timeout=3000)
+    assert result.returncode == 0, result.stderr[-3000:]
+    figures = learning_figures(only_run_dir(tmp_path))
+    assert figures["late_evaluations"] == PEARL_LATE_EVALUATIONS and "late_nmi" not in figures
+    assert figures["late_episode_2_gain"] > PEARL_EPISODE_2_GAIN_THRESHOLD, \
+        f"pearl: episode-2 return gained only {figures['late_episode_2_gain']:.1f} over the untrained policy"
+

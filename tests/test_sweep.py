@@ -26,7 +26,7 @@ def run_sweep(*flags, env=None):
 
 def test_quick_preset_expands_into_the_documented_commands(tmp_path):
     runs = sweep.expand(sweep.Args(out=str(tmp_path)))
-    assert len(runs) == 27 and {r.env_id for r in runs} == {"PointGoal"} and {r.seed for r in runs} == {1, 2, 3}
+    assert len(runs) == 30 and {r.env_id for r in runs} == {"PointGoal"} and {r.seed for r in runs} == {1, 2, 3}
     commands = {(r.variant, r.seed): r.command() for r in runs}
     folder = os.path.join(tmp_path, "runs", "PointGoal")
     assert commands["milet", 1] == ["python", "milet_ppo_continuous.py", "--env-id", "PointGoal", "--seed", "1", "--exp-name",
@@ -174,7 +174,7 @@ def test_compare_methods_sh_is_a_thin_wrapper_of_sweep_py(tmp_path):
     result = subprocess.run(["bash", script, "quick", "--dry-run", "--out", str(tmp_path)], capture_output=True, text=True,
                             env=env, timeout=300)
     assert result.returncode == 0, result.stderr
-    assert "quick: 27 runs: 0 finished, 0 to resume, 27 to start" in result.stdout
-    assert result.stdout.count("\nstart    python ") == 27
+    assert "quick: 30 runs: 0 finished, 0 to resume, 30 to start" in result.stdout
+    assert result.stdout.count("\nstart    python ") == 30
     wrong = subprocess.run(["bash", script, "fast"], capture_output=True, text=True, env=env, timeout=60)
     assert wrong.returncode == 2 and "the mode is quick or full, not 'fast'" in wrong.stderr
