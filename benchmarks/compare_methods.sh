@@ -4,7 +4,7 @@
 #
 #   bash benchmarks/compare_methods.sh quick   # PointGoal, 3 seeds, 30 runs of 1M frames: 81 minutes on 2 CPU cores for
 #                                              # the 27 PPO runs; PEARL (off-policy, 200 gradient steps per 3,200 frames)
-#                                              # takes about 45 minutes per 1M-frame run on a shared core (docs/pearl.md)
+#                                              # took 32 minutes for one 1M-frame run on a shared core (docs/pearl.md)
 #   bash benchmarks/compare_methods.sh full    # the paper's environments and frame budgets, for a bigger machine
 #
 # Environment variables override the mode: ENV_IDS, SEEDS, WORKERS (parallel runs), FRAMES (empty: each script's
