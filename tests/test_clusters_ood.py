@@ -104,7 +104,7 @@ def test_auto_clusters_and_ood_eval_write_their_keys(tmp_path):
         assert 1 <= result["num_clusters_found"] <= 6 and len(result["cluster_weights"]) == 6
         assert sum(result["cluster_weights"]) == pytest.approx(1.0, abs=1e-3)
         assert 0.0 <= result["ood_auroc"] <= 1.0
-        assert result["ood_auroc"] == result["ood_auroc_prior_nll"] and "ood_auroc_reward_error" in result
+        assert result["ood_auroc"] == result["ood_auroc_reward_error"] and "ood_auroc_prior_nll" in result
         assert set(result["ood_flagged_prior_nll"]) == {"test", "ood"}
     assert len(records[-1]["test_clusters_pred"]) == 32
 
