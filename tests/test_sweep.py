@@ -8,8 +8,6 @@ import shutil
 import subprocess
 import sys
 
-import pytest
-
 from test_milet import ROOT
 
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
