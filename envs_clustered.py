@@ -156,14 +156,20 @@ class TaskSplit:
     env_id: str = ""            # the env the tasks belong to
 
 
+OOD_HELD_OUT_CLUSTER = NUM_CLUSTERS - 1  # direction envs: this cluster is left out of meta-training with --ood-eval
+
+
 def make_task_split(env_id: str, *, num_train: int = 500, num_test: int = 32, seed: int = 0,
-                    num_clusters: int = NUM_CLUSTERS) -> TaskSplit:
+                    num_clusters: int = NUM_CLUSTERS, hold_out_ood: bool = False) -> TaskSplit:
     """Meta-train and meta-test task sets, reproducible from ``seed``.
 
     The cluster of index i is i % num_clusters in each split (balanced: 32 test tasks = 8 per
     cluster). Train tasks are drawn first, then test tasks, from np.random.default_rng(seed).
-    ``num_clusters`` < 4 uses only the first clusters.
+    ``num_clusters`` < 4 uses only the first clusters. ``hold_out_ood`` (--ood-eval) on the direction envs
+    leaves cluster OOD_HELD_OUT_CLUSTER (the last) out of both sets: ``make_ood_tasks`` draws from it.
     """
+    if hold_out_ood and _kind(env_id) == "dir":
+        num_clusters = min(num_clusters, OOD_HELD_OUT_CLUSTER)
     if not 1 <= num_clusters <= NUM_CLUSTERS:
         raise ValueError(f"num_clusters must be in 1..{NUM_CLUSTERS}")
     rng = np.random.default_rng(seed)
@@ -175,7 +181,6 @@ def make_task_split(env_id: str, *, num_train: int = 500, num_test: int = 32, se
 
 
 OOD_GOAL_RADIUS = 3.5
-OOD_HELD_OUT_CLUSTER = NUM_CLUSTERS - 1  # direction envs: this cluster is left out of meta-training with --ood-eval
 
 
 def make_ood_tasks(env_id: str, n: int = 32, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

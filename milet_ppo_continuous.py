@@ -100,7 +100,8 @@ class Args:
     weight_concentration: float = 1.0
     """gamma of the sparse prior Dir(gamma / K_max) on the cluster weights (--num-clusters auto)"""
     ood_eval: bool = False
-    """also score every evaluation's test tasks against out-of-distribution tasks (ood_auroc; beyond the paper)"""
+    """also score every evaluation's test tasks against out-of-distribution tasks (ood_auroc; beyond the paper;
+    direction envs leave their last cluster out of training for it)"""
     ood_score: Literal["prior_nll", "reward_error"] = "reward_error"
     """the OOD score that ood_auroc reports (both are logged; reward_error measured better, docs/clusters.md)"""
     latent_dim: int = 10
@@ -239,8 +240,6 @@ def parse_args(argv: Optional[list[str]] = None) -> Args:
         meta_test.exit_with_error(f"--num-clusters must be >= 1 or auto, got {args.num_clusters}")
     if args.num_clusters == "auto" and args.max_clusters < 2:
         meta_test.exit_with_error(f"--max-clusters must be >= 2 with --num-clusters auto, got {args.max_clusters}")
-    if args.ood_eval and envs_clustered._kind(env_id) == "dir":
-        meta_test.exit_with_error("--ood-eval is not built for the direction envs yet (goal and rand-params envs only)")
     meta_test.check_trial_args(args, ("vae_updates", "vae_batch_size", "target_prior_every", "checkpoint_every"))
     return args
 
@@ -473,7 +472,7 @@ if __name__ == "__main__":
         if not os.path.isfile(args.eval_checkpoint):
             meta_test.exit_with_error(f"no checkpoint at {args.eval_checkpoint}")
         args, cbvi, explore_agent, exploit_agent, obs_rms = load_checkpoint(args.eval_checkpoint)
-        split = envs_clustered.make_task_split(args.env_id, seed=args.task_seed)
+        split = envs_clustered.make_task_split(args.env_id, seed=args.task_seed, hold_out_ood=args.ood_eval)
         result = evaluate(args, cbvi.eval(), explore_agent, exploit_agent, obs_rms,
                           make_env(args, len(split.test_tasks), args.seed + 1), split, "cpu")
         print(json.dumps({k: v for k, v in result.items() if not k.startswith("exploration_")}))
@@ -500,7 +499,7 @@ if __name__ == "__main__":
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
 
     # env setup: the fixed task split (500 train / 32 test tasks), training and meta-test environments
-    split = envs_clustered.make_task_split(args.env_id, seed=args.task_seed)
+    split = envs_clustered.make_task_split(args.env_id, seed=args.task_seed, hold_out_ood=args.ood_eval)
     envs = make_env(args, args.num_envs, args.seed)
     eval_envs = make_env(args, len(split.test_tasks), args.seed + 1)
     obs_dim, action_dim = envs.single_observation_space.shape[0], envs.single_action_space.shape[0]

@@ -112,9 +112,20 @@ def test_auto_clusters_and_ood_eval_write_their_keys(tmp_path):
 def test_auto_and_ood_bad_input_is_one_line(tmp_path):
     result = run_script(tmp_path, "--num-clusters", "auto", "--max-clusters", "1", check=False)
     assert result.returncode != 0 and "--max-clusters must be >= 2" in result.stderr
-    result = run_script(tmp_path, "--env-id", "HumanoidDir", "--ood-eval", check=False)
-    assert result.returncode != 0 and "--ood-eval is not built for the direction envs yet" in result.stderr
     assert os.listdir(tmp_path) == []
+
+
+def test_direction_envs_hold_their_ood_cluster_out_of_training(tmp_path):
+    held_out = envs_clustered.OOD_HELD_OUT_CLUSTER
+    split = envs_clustered.make_task_split("HumanoidDir", seed=0, hold_out_ood=True)
+    assert held_out not in split.train_clusters and held_out not in split.test_clusters
+    assert set(split.test_clusters) == set(range(envs_clustered.NUM_CLUSTERS)) - {held_out}
+    for env_id in ("PointGoal", "HopperRandParams"):  # the other kinds keep all four clusters
+        kept = envs_clustered.make_task_split(env_id, seed=0, hold_out_ood=True)
+        np.testing.assert_array_equal(kept.train_tasks, envs_clustered.make_task_split(env_id, seed=0).train_tasks)
+    run_script(tmp_path, "--env-id", "HumanoidDir", *tiny(1), "--ood-eval")
+    records = [json.loads(line) for line in open(os.path.join(only_run_dir(tmp_path), "eval.jsonl"))]
+    assert held_out not in records[-1]["test_clusters_true"] and 0.0 <= records[-1]["ood_auroc"] <= 1.0
 
 
 def test_clusters_figure_shows_each_groups_late_averages(tmp_path):
