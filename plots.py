@@ -1,6 +1,7 @@
 """The paper's figures, drawn from the files a training run writes to runs/<run_name>/.
 
-A tyro command-line tool with one subcommand per figure; every function can also be imported.
+A tyro command-line tool with one subcommand per figure (and `slim`, a small copy of a run folder); every
+function can also be imported.
 
     python plots.py curves runs/PointGoal__*   --out docs/curves.png     # Fig. 2 and 4: test return over frames, + NMI
     python plots.py traces runs/<one run>      --out docs/traces.png     # Fig. 3a, 5, 8: exploration traces by cluster
@@ -11,6 +12,7 @@ A tyro command-line tool with one subcommand per figure; every function can also
     python plots.py compare milet varibad runs/*                         # P(milet improves on varibad), with its CI
     python plots.py profiles runs/PointGoal__* --out profiles.png        # performance profiles of the final scores
     python plots.py clusters runs/PointGoal__* --out clusters.png        # Table 1 as a figure: K = 2..8 and auto
+    python plots.py slim runs/<one run> --out docs/runs/<name>           # a small copy of a run to keep in git
 
 Runs are grouped into lines by a field of their arguments (`--group-by`, default `exp_name`). The statistics over
 the runs (seeds) of a group are those of Agarwal et al. (NeurIPS 2021), computed by the `rliable` package: the
@@ -580,17 +582,43 @@ class Profiles(Figure):
     """seed of the bootstrap resamples"""
 
 
+@dataclass
+class Slim:
+    """Copy a run's args.json, summary.json and eval.jsonl into a small folder that every subcommand reads: the
+    per-task exploration traces are kept in the last evaluation only (a 1e7-frame AntGoal run: 4 MB -> about 0.1)."""
+    run: tyro.conf.Positional[str] = ""
+    """one run folder"""
+    out: str = "slim_run"
+    """the folder to write (e.g. docs/runs/<run_name>); files in it are replaced"""
+
+
+def slim_run(run_path: str, out: str) -> str:
+    """Write the slim copy of ``run_path`` into ``out`` (see ``Slim``); every file is written atomically."""
+    run = load_run(run_path)
+    os.makedirs(out, exist_ok=True)
+    for name in ("args.json", "summary.json"):
+        if os.path.isfile(os.path.join(run.path, name)):
+            meta_test.write_atomic(os.path.join(out, name), open(os.path.join(run.path, name)).read())
+    lines = [json.dumps(record if i == len(run.records) - 1 else
+                        {k: v for k, v in record.items() if not k.startswith("exploration_")})
+             for i, record in enumerate(run.records)]
+    meta_test.write_atomic(os.path.join(out, "eval.jsonl"), "\n".join(lines) + "\n")
+    return out
+
+
 Command = Union[
     Annotated[Curves, tyro.conf.subcommand("curves")], Annotated[Traces, tyro.conf.subcommand("traces")],
     Annotated[Nmi, tyro.conf.subcommand("nmi")], Annotated[Params, tyro.conf.subcommand("params")],
     Annotated[Schedules, tyro.conf.subcommand("schedules")], Annotated[Table, tyro.conf.subcommand("table")],
     Annotated[Compare, tyro.conf.subcommand("compare")], Annotated[Profiles, tyro.conf.subcommand("profiles")],
-    Annotated[Clusters, tyro.conf.subcommand("clusters")],
+    Annotated[Clusters, tyro.conf.subcommand("clusters")], Annotated[Slim, tyro.conf.subcommand("slim")],
 ]
 
 
 def main(command) -> Optional[str]:
     """Run one subcommand; returns the file written (or the table)."""
+    if isinstance(command, Slim):
+        return slim_run(command.run, command.out)
     if command.out:  # a new folder in --out is made, as the training scripts make runs/
         os.makedirs(os.path.dirname(command.out) or ".", exist_ok=True)
     if isinstance(command, (Table, Compare)):

@@ -146,3 +146,19 @@ def test_bad_input_is_one_line_without_traceback(runs, tmp_path):
         result = subprocess.run([sys.executable, PLOTS, *args], capture_output=True, text=True, cwd=ROOT, timeout=300)
         assert result.returncode != 0 and message in result.stderr, (args, result.stderr)
         assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_slim_copy_keeps_every_number_and_the_last_traces(runs, tmp_path):
+    out = tmp_path / "slim"
+    result = subprocess.run([sys.executable, PLOTS, "slim", runs["seed1"], "--out", str(out)],
+                            capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert result.returncode == 0, result.stderr
+    full, slim = records(runs["seed1"]), records(out)
+    assert slim[-1] == full[-1] and len(slim) == len(full) > 1
+    for kept, record in zip(slim[:-1], full[:-1]):
+        assert kept == {k: v for k, v in record.items() if not k.startswith("exploration_")}
+        assert "exploration_xy" in record and "exploration_xy" not in kept
+    assert sorted(os.listdir(out)) == ["args.json", "eval.jsonl", "summary.json"]
+    np.testing.assert_allclose(plots.plot_curves(plots.load_runs([str(out)])).axes[1].lines[0].get_ydata(),
+                               [r["return_episode_2"] for r in full])
+
