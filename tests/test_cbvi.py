@@ -1,4 +1,5 @@
 """Tests for cbvi.py: shapes, online == offline, KL/entropy maths, rewards, regularisers, learning."""
+import io
 import math
 import os
 import sys
@@ -272,11 +273,25 @@ def test_trial_buffer_state_dict_round_trip():
     buffer = TrialBuffer(capacity=5, num_episodes=2, episode_length=4, obs_dim=S, action_dim=A)
     buffer.add(obs, act, rew, nxt)
     buffer.add(obs, act, rew, nxt)
+    state = buffer.state_dict()  # the buffer's own tensors: writing a checkpoint costs no second buffer in memory
+    assert all(state[name].data_ptr() == getattr(buffer, name).data_ptr() for name in ("states", "actions", "rewards"))
+    file = io.BytesIO()
+    torch.save(state, file)
+    file.seek(0)
+    loaded = torch.load(file)
     copy = TrialBuffer(capacity=5, num_episodes=2, episode_length=4, obs_dim=S, action_dim=A)
-    copy.load_state_dict(buffer.state_dict())
+    copy.load_state_dict(loaded)
     assert (copy.size, copy.position) == (5, 1)
-    for name in ("states", "actions", "rewards"):
+    for name in ("states", "actions", "rewards"):  # the same values, in the loaded tensors (not copied again)
         assert torch.equal(getattr(copy, name), getattr(buffer, name))
+        assert getattr(copy, name).data_ptr() == loaded[name].data_ptr()
+    torch.manual_seed(0)
+    expected = buffer.sample(4, "cpu")
+    torch.manual_seed(0)
+    assert all(torch.equal(a, b) for a, b in zip(copy.sample(4, "cpu"), expected))
+    other = TrialBuffer(capacity=6, num_episodes=2, episode_length=4, obs_dim=S, action_dim=A)
+    with pytest.raises(ValueError, match="trial buffer states has shape"):
+        other.load_state_dict(loaded)
 
 
 def test_gamma_schedules():
