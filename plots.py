@@ -12,7 +12,7 @@ function can also be imported.
     python plots.py compare milet varibad runs/*                         # P(milet improves on varibad), with its CI
     python plots.py profiles runs/PointGoal__* --out profiles.png        # performance profiles of the final scores
     python plots.py clusters runs/PointGoal__* --out clusters.png        # Table 1 as a figure: K = 2..8 and auto
-    python plots.py slim runs/<one run> --out docs/run_data/<name>           # a small copy of a run to keep in git
+    python plots.py slim runs/<one run> --out docs/run_data/<name>       # a small copy of a run to keep in git
 
 Runs are grouped into lines by a field of their arguments (`--group-by`, default `exp_name`). The statistics over
 the runs (seeds) of a group are those of Agarwal et al. (NeurIPS 2021), computed by the `rliable` package: the
