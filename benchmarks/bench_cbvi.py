@@ -1,5 +1,5 @@
 """Time one CBVI loss computation + backward on an AntGoal-sized batch (50 trials x 200 steps), and report the
-process's peak resident memory (VmHWM) after building the model and after the updates.
+process's peak resident memory (ru_maxrss) after building the model and after the updates.
 
 Usage: python benchmarks/bench_cbvi.py [--repeats 5] [--num-prefixes N] [--threads N] [--mmap-threshold BYTES]
 
@@ -10,15 +10,14 @@ are then mapped and returned to the system when freed, instead of staying in the
 import argparse
 import ctypes
 import os
+import resource
 import statistics
 import sys
 import time
 
 
-
 def peak_rss_mib() -> int:
-    with open("/proc/self/status") as status:
-        return next(int(line.split()[1]) // 1024 for line in status if line.startswith("VmHWM"))
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024  # KiB on Linux, as bench_milet.py reads it
 
 
 def main():
