@@ -12,6 +12,7 @@ function can also be imported.
     python plots.py compare milet varibad runs/*                         # P(milet improves on varibad), with its CI
     python plots.py profiles runs/PointGoal__* --out profiles.png        # performance profiles of the final scores
     python plots.py clusters runs/PointGoal__* --out clusters.png        # Table 1 as a figure: K = 2..8 and auto
+    python plots.py weights runs/<auto run> --out weights.png            # --num-clusters auto: E[pi] over training
     python plots.py slim runs/<one run> --out docs/run_data/<name>       # a small copy of a run to keep in git
 
 Runs are grouped into lines by a field of their arguments (`--group-by`, default `exp_name`). The statistics over
@@ -320,6 +321,31 @@ def plot_cluster_counts(runs: list[Run], group_by: str = "exp_name", late: float
     return fig
 
 
+def plot_cluster_weights(run: Run):
+    """--num-clusters auto (beyond the paper): the learned cluster weights E[pi] over training, stacked, and the
+    clusters in use: the clusters found (holding a test task) and the effective number exp(H(E[pi]))."""
+    records = [r for r in run.records if "cluster_weights" in r]
+    if not records:
+        raise PlotError(f"{run.path} logs no cluster_weights (a run of an older version?)")
+    steps = [r["global_step"] for r in records]
+    weights = np.array([r["cluster_weights"] for r in records])  # (evaluations, K)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
+    axes[0].stackplot(steps, weights.T, colors=[CLUSTER_COLOURS(k % 10) for k in range(weights.shape[1])],
+                      labels=[f"cluster {k}" for k in range(weights.shape[1])])
+    axes[0].set(title="cluster weights E[pi], stacked", xlabel="environment frames", ylabel="weight", ylim=(0, 1))
+    axes[0].legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    axes[1].plot(steps, [r["num_clusters_found"] for r in records], "o-", ms=3, label="clusters found (test tasks)")
+    axes[1].plot(steps, np.exp(scipy.stats.entropy(weights, axis=1)), label="exp(entropy of E[pi])")
+    axes[1].axhline(weights.shape[1], ls="--", color="k", label=f"K_max = {weights.shape[1]}")
+    axes[1].set(title="clusters in use", xlabel="environment frames", ylim=(0, weights.shape[1] + 0.5))
+    axes[1].legend(fontsize=8)
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"{run.env_id}, seed {run.seed}: cluster weights over training", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
 def params_table(run: Run, record_index: int = -1) -> tuple[np.ndarray, list[int]]:
     """(inferred clusters x parameter groups) mean multiplier of the test tasks, and the inferred cluster ids."""
     if envs_clustered._kind(run.env_id) != "params":
@@ -568,6 +594,13 @@ class Clusters(Figure):
 
 
 @dataclass
+class Weights(Figure):
+    """--num-clusters auto: the learned cluster weights of one run over training, and the clusters in use."""
+    run: tyro.conf.Positional[str] = ""
+    """one run folder"""
+
+
+@dataclass
 class Profiles(Figure):
     """Performance profiles of the final returns and NMI, one line per group, with 95% bootstrap bands."""
     runs: tyro.conf.Positional[list[str]] = field(default_factory=list)
@@ -611,7 +644,8 @@ Command = Union[
     Annotated[Nmi, tyro.conf.subcommand("nmi")], Annotated[Params, tyro.conf.subcommand("params")],
     Annotated[Schedules, tyro.conf.subcommand("schedules")], Annotated[Table, tyro.conf.subcommand("table")],
     Annotated[Compare, tyro.conf.subcommand("compare")], Annotated[Profiles, tyro.conf.subcommand("profiles")],
-    Annotated[Clusters, tyro.conf.subcommand("clusters")], Annotated[Slim, tyro.conf.subcommand("slim")],
+    Annotated[Clusters, tyro.conf.subcommand("clusters")], Annotated[Weights, tyro.conf.subcommand("weights")],
+    Annotated[Slim, tyro.conf.subcommand("slim")],
 ]
 
 
@@ -646,6 +680,8 @@ def main(command) -> Optional[str]:
     elif isinstance(command, Profiles):
         fig = plot_profiles(load_runs(command.runs), command.group_by, command.record, command.reps,
                             command.bootstrap_seed)
+    elif isinstance(command, Weights):
+        fig = plot_cluster_weights(load_run(command.run))
     elif isinstance(command, Params):
         fig = plot_params(load_run(command.run), command.record)
     else:

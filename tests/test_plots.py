@@ -15,12 +15,14 @@ PLOTS = os.path.join(ROOT, "plots.py")
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """Two seeds of a tiny PointGoal run, one tiny HopperRandParams run and one PointGoal run of another group."""
+    """Two seeds of a tiny PointGoal run, one tiny HopperRandParams run, one PointGoal run of another group and one
+    with --num-clusters auto."""
     root = tmp_path_factory.mktemp("runs")
     made = {}
     for name, flags in {"seed1": ["--seed", "1"], "seed2": ["--seed", "2"],
                         "ablation": ["--no-exploration-policy", "--exp-name", "ablation"],
-                        "hopper": ["--env-id", "HopperRandParams", "--lambda-s", "1"]}.items():
+                        "hopper": ["--env-id", "HopperRandParams", "--lambda-s", "1"],
+                        "auto": ["--num-clusters", "auto", "--max-clusters", "6", "--exp-name", "auto"]}.items():
         subprocess.run([sys.executable, SCRIPT, "--runs-dir", str(root / name), *tiny(3), *flags],
                        check=True, capture_output=True, cwd=ROOT, timeout=600)
         (made[name],) = [str(p) for p in (root / name).iterdir()]
@@ -117,10 +119,30 @@ def test_table_numbers_match_a_computation_of_their_own(runs):
     assert any(line.startswith("| HopperRandParams |") for line in table.splitlines())
 
 
-@pytest.mark.parametrize("subcommand", ["curves", "traces", "nmi", "params", "schedules"])
+def test_weights_plot_the_logged_cluster_weights_and_clusters_found(runs):
+    logged = records(runs["auto"])
+    weights = np.array([r["cluster_weights"] for r in logged])
+    assert weights.shape[1] == 6 and np.allclose(weights.sum(1), 1, atol=1e-3)
+    assert not np.allclose(weights[-1], weights[0])  # the weights were learned, not left at U(6)
+    stack_ax, in_use_ax = plots.plot_cluster_weights(plots.load_run(runs["auto"])).axes
+    # the top of the stack of cluster k is the cumulative sum of the logged weights up to k
+    for k, band in enumerate(stack_ax.collections):
+        top = band.get_paths()[0].vertices[:, 1].max()
+        assert np.isclose(top, np.cumsum(weights, axis=1)[:, k].max())
+    found, effective, k_max = in_use_ax.lines
+    np.testing.assert_allclose(found.get_ydata(), [r["num_clusters_found"] for r in logged])
+    expected = np.exp(-(weights * np.log(weights / weights.sum(1, keepdims=True))).sum(1) / weights.sum(1))
+    np.testing.assert_allclose(effective.get_ydata(), expected, rtol=1e-6)
+    assert np.allclose(k_max.get_ydata(), 6)
+    # a fixed-K run logs U(K): its effective number of clusters stays K
+    fixed = plots.plot_cluster_weights(plots.load_run(runs["seed1"])).axes[1].lines[1].get_ydata()
+    assert np.allclose(fixed, 4, atol=1e-3)
+
+
+@pytest.mark.parametrize("subcommand", ["curves", "traces", "nmi", "params", "schedules", "weights"])
 def test_every_subcommand_writes_a_non_empty_image(runs, tmp_path, subcommand):
     target = {"curves": [runs["seed1"], runs["seed2"]], "traces": [runs["seed1"]], "nmi": [runs["seed1"]],
-              "params": [runs["hopper"]], "schedules": []}[subcommand]
+              "params": [runs["hopper"]], "schedules": [], "weights": [runs["auto"]]}[subcommand]
     out = tmp_path / f"{subcommand}.png"
     result = subprocess.run([sys.executable, PLOTS, subcommand, *target, "--out", str(out)],
                             capture_output=True, text=True, cwd=ROOT, timeout=300)
