@@ -321,12 +321,12 @@ class VariBADVAE(nn.Module):
         # every prefix's latent reconstructs the WHOLE trial (past and future), as VariBAD and MILET's Eq. 5
         e_s, e_a, e_s1 = self.dec_embed_state(obs), self.dec_embed_action(actions), self.dec_embed_state(next_obs)
         # summed over the decoded steps (and the state's dimensions), averaged over prefixes and trials
-        reward_rec = T * self.reward_decoder.squared_error(
-            latent, torch.cat([e_s, e_a, e_s1], -1), rewards[..., None]).mean()
+        reward_rec = T * self.reward_decoder.mean_squared_error(
+            latent, torch.cat([e_s, e_a, e_s1], -1), rewards[..., None])
         state_rec = reward_rec.new_zeros(())
         if self.state_decoder is not None:
-            state_rec = T * obs.shape[-1] * self.state_decoder.squared_error(
-                latent, torch.cat([e_s, e_a], -1), next_obs).mean()
+            state_rec = T * obs.shape[-1] * self.state_decoder.mean_squared_error(
+                latent, torch.cat([e_s, e_a], -1), next_obs)
         total = reward_rec + self.args.lambda_s * state_rec + self.args.kl_weight * kl
         return {"reward_reconstruction": reward_rec, "state_reconstruction": state_rec, "kl": kl, "total": total}
 

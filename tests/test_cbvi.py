@@ -62,25 +62,33 @@ def test_online_equals_offline(stacked):
 
 
 def test_decoder_error_one_prefix_at_a_time_matches_one_pass():
-    """SplitDecoder.squared_error checkpoints one prefix at a time while training: the same per-prefix errors and
-    gradients as decoding everything in one pass, and the same values without gradients."""
+    """SplitDecoder.mean_squared_error decodes one prefix at a time while training, each prefix's gradient taken at
+    once: the same error and the same gradients (z, x and every decoder weight) as decoding everything in one pass
+    with plain autograd, also when the loss scales it, and the same value without gradients."""
     torch.manual_seed(13)
     decoder = SplitDecoder(4, 6, (16, 8), 3)
     z, x = torch.randn(5, 1, 7, 4, requires_grad=True), torch.randn(9, 7, 6, requires_grad=True)
     target = torch.randn(9, 7, 3)
-    chunked = decoder.squared_error(z, x, target)
-    assert chunked.shape == (5,)
-    chunked.sum().backward()
-    grads = [p.grad.clone() for p in (z, x, *decoder.parameters())]
-    for p in (z, x, *decoder.parameters()):
+    prefix_by_prefix = decoder.mean_squared_error(z, x, target)
+    assert prefix_by_prefix.shape == ()
+    (2.5 * prefix_by_prefix).backward()
+    leaves = (z, x, *decoder.parameters())
+    grads = [p.grad.clone() for p in leaves]
+    assert all(grad.abs().sum() > 0 for grad in grads)
+    for p in leaves:
         p.grad = None
-    one_pass = (decoder(z, x) - target).pow(2).mean(dim=(1, 2, 3))
-    one_pass.sum().backward()
-    torch.testing.assert_close(chunked, one_pass)
-    for grad, p in zip(grads, (z, x, *decoder.parameters())):
+    one_pass = (decoder(z, x) - target).pow(2).mean()
+    (2.5 * one_pass).backward()
+    torch.testing.assert_close(prefix_by_prefix, one_pass)
+    for grad, p in zip(grads, leaves):
         torch.testing.assert_close(grad, p.grad)
     with torch.no_grad():
-        torch.testing.assert_close(decoder.squared_error(z, x, target), one_pass)
+        torch.testing.assert_close(decoder.mean_squared_error(z, x, target), one_pass)
+    for p in leaves:
+        p.grad = None
+    decoder.rest[-1].weight.requires_grad_(False)  # a frozen weight gets no gradient and breaks nothing
+    decoder.mean_squared_error(z, x, target).backward()
+    assert decoder.rest[-1].weight.grad is None and decoder.rest[-1].bias.grad is not None
 
 
 def test_gaussian_kl_matches_closed_form():
