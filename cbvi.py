@@ -21,8 +21,11 @@ Every variance is carried as a LOG-variance (``z_logvar``); the authors used a s
 head instead -- an equivalent parameterisation.
 """
 import copy
+import math
+import zlib
 from typing import NamedTuple
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -335,58 +338,86 @@ class CBVI(nn.Module):
 
 # ------------------------------------------------------------------------------ trial buffer
 class TrialBuffer:
-    """The CBVI buffer V of Algorithm 1: a ring of whole trials, kept on the CPU in half precision.
+    """The CBVI buffer V of Algorithm 1: a ring of whole trials, kept on the CPU, each trial one zlib-compressed
+    block of float16 values.
 
     Memory: each inner episode is stored as its H+1 states, so s_t and s_{t+1} share memory (the authors stored
-    both, about 1.8 GB for AntGoal at 10,000 trials), and every value is stored as float16, half of float32: 447 MiB
-    for 10,000 AntGoal trials instead of 893. Precision: ``sample`` returns float32 tensors equal to the float16
-    rounding of what was added, a relative error of at most 2^-11 (values beyond float16's range, +-65504, are
-    clamped to it; MuJoCo states and rewards are orders of magnitude smaller)."""
+    both, about 1.8 GB for AntGoal at 10,000 trials), every value is float16, half of float32 (447 MiB for 10,000
+    AntGoal trials instead of 893), and the block is compressed losslessly (zlib level 1). Ant's observations hold
+    78 contact forces that are mostly exactly 0, so an AntGoal trial compresses to about a third
+    (docs/benchmarks.md); incompressible values cost at most the float16 size plus a few bytes. Precision: ``sample``
+    returns float32 tensors equal to the float16 rounding of what was added, a relative error of at most 2^-11
+    (values beyond float16's range, +-65504, are clamped to it; MuJoCo states and rewards are orders of magnitude
+    smaller). The compression itself loses nothing: the same samples as an uncompressed float16 ring."""
 
     dtype = torch.float16
 
     def __init__(self, capacity: int, num_episodes: int, episode_length: int, obs_dim: int, action_dim: int):
-        # torch.empty: a slot takes memory when a trial is written to it (only written slots are ever read)
-        self.states = torch.empty(capacity, num_episodes, episode_length + 1, obs_dim, dtype=self.dtype)
-        self.actions = torch.empty(capacity, num_episodes * episode_length, action_dim, dtype=self.dtype)
-        self.rewards = torch.empty(capacity, num_episodes * episode_length, dtype=self.dtype)
+        self.shapes = {"states": (num_episodes, episode_length + 1, obs_dim),
+                       "actions": (num_episodes * episode_length, action_dim),
+                       "rewards": (num_episodes * episode_length,)}
+        self.trials: list = [None] * capacity  # one uint8 tensor (a compressed trial) per written slot
         self.capacity, self.size, self.position = capacity, 0, 0
 
-    def _half(self, values: Tensor) -> Tensor:
+    def _half(self, values: Tensor) -> np.ndarray:
         limit = torch.finfo(self.dtype).max
-        return values.detach().cpu().clamp(-limit, limit).to(self.dtype)
+        return values.detach().cpu().clamp(-limit, limit).to(self.dtype).numpy()
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the stored trials (their compressed blocks)."""
+        return sum(trial.nbytes for trial in self.trials[:self.size])
 
     def add(self, obs, actions, rewards, next_obs):
         """Store a batch of trials given time-major (T, B, .) tensors."""
-        num_episodes, steps = self.states.shape[1], self.states.shape[2] - 1
-        batch = actions.shape[1]
+        num_episodes, steps = self.shapes["states"][:2]
+        steps, batch = steps - 1, actions.shape[1]
         first_states = obs.view(num_episodes, steps, batch, -1)[:, :1]
         episode_states = torch.cat([first_states, next_obs.view(num_episodes, steps, batch, -1)], 1)
-        index = (self.position + torch.arange(batch)) % self.capacity
-        self.states[index] = self._half(episode_states.permute(2, 0, 1, 3))
-        self.actions[index], self.rewards[index] = self._half(actions.transpose(0, 1)), self._half(rewards.transpose(0, 1))
+        parts = [self._half(part.reshape(batch, -1)) for part in
+                 (episode_states.permute(2, 0, 1, 3), actions.transpose(0, 1), rewards.transpose(0, 1))]
+        for b, values in enumerate(np.concatenate(parts, axis=1)):  # one float16 row per trial
+            compressed = bytearray(zlib.compress(values, 1))
+            self.trials[(self.position + b) % self.capacity] = torch.frombuffer(compressed, dtype=torch.uint8)
         self.position, self.size = (self.position + batch) % self.capacity, min(self.size + batch, self.capacity)
+
+    def trial(self, slot: int) -> tuple[Tensor, Tensor, Tensor]:
+        """One stored trial, decompressed: float16 states (E, H+1, obs), actions (T, A) and rewards (T,)."""
+        values = torch.frombuffer(bytearray(zlib.decompress(self.trials[slot].numpy())), dtype=self.dtype)
+        parts = values.split([math.prod(shape) for shape in self.shapes.values()])
+        return tuple(part.view(shape) for part, shape in zip(parts, self.shapes.values()))
 
     def sample(self, batch_size: int, device):
         """A batch of whole trials, time-major float32: (obs, actions, rewards, next_obs)."""
         index = torch.randint(self.size, (batch_size,))
-        states = self.states[index].to(device, torch.float32)
+        states, actions, rewards = (torch.stack(parts).to(device, torch.float32)
+                                    for parts in zip(*(self.trial(slot) for slot in index.tolist())))
         obs, next_obs = states[:, :, :-1].flatten(1, 2), states[:, :, 1:].flatten(1, 2)
-        return (obs.transpose(0, 1), self.actions[index].to(device, torch.float32).transpose(0, 1),
-                self.rewards[index].to(device, torch.float32).transpose(0, 1), next_obs.transpose(0, 1))
+        return obs.transpose(0, 1), actions.transpose(0, 1), rewards.transpose(0, 1), next_obs.transpose(0, 1)
 
     def state_dict(self) -> dict:
-        """The ring and its position, for a checkpoint (``--resume``). The tensors themselves, not copies: a copy
-        would double the buffer's memory while a checkpoint is written (torch.save writes them whole, so a
-        checkpoint holds the full capacity on disk, 447 MiB for AntGoal)."""
-        return {"states": self.states, "actions": self.actions, "rewards": self.rewards, "size": self.size,
-                "position": self.position}
+        """The ring and its position, for a checkpoint (``--resume``). The stored tensors themselves, not copies: a
+        copy would double the buffer's memory while a checkpoint is written."""
+        return {"trials": self.trials, "shapes": self.shapes, "size": self.size, "position": self.position}
 
     def load_state_dict(self, state: dict) -> None:
-        """Take over the loaded tensors (no second copy in memory); they must have this buffer's shapes."""
-        for name in ("states", "actions", "rewards"):
-            if state[name].shape != getattr(self, name).shape:
-                raise ValueError(f"the checkpoint's trial buffer {name} has shape {tuple(state[name].shape)}, "
-                                 f"this run's {tuple(getattr(self, name).shape)}")
-        self.states, self.actions, self.rewards = state["states"], state["actions"], state["rewards"]
-        self.size, self.position = state["size"], state["position"]
+        """Take over the loaded trials (no second copy in memory); the checkpoint must have this buffer's shapes.
+        A checkpoint of the uncompressed float16 ring (this file before 2026-12-01) is compressed slot by slot."""
+        if "states" in state:  # the earlier layout: states, actions, rewards tensors of the whole capacity
+            shapes = {name: tuple(state[name].shape[1:]) for name in self.shapes}
+            trials = self._compress_old_layout(state)
+            for name in self.shapes:  # released as soon as they are compressed, not held beside the new ring
+                del state[name]
+            state.update(trials=trials, shapes=shapes)
+        shapes = {name: tuple(shape) for name, shape in state["shapes"].items()}
+        if len(state["trials"]) != self.capacity or shapes != self.shapes:
+            raise ValueError(f"the checkpoint's trial buffer holds {len(state['trials'])} trials of shapes {shapes}, "
+                             f"this run's {self.capacity} of {self.shapes}")
+        self.trials, self.size, self.position = state["trials"], state["size"], state["position"]
+
+    def _compress_old_layout(self, state: dict) -> list:
+        trials = [None] * len(state["states"])
+        for slot in range(state["size"]):
+            values = np.concatenate([state[name][slot].numpy().reshape(-1) for name in self.shapes])
+            trials[slot] = torch.frombuffer(bytearray(zlib.compress(values, 1)), dtype=torch.uint8)
+        return trials

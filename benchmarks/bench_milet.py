@@ -9,8 +9,8 @@ vector env and the gymnasium reference path (--gymnasium-envs) side by side, eac
 Runs the script in this process (runpy), after wrapping the vector envs' step methods with a timer. The run
 evaluates only before and after training (--eval-every is set past the end); those two evaluations are part of
 the wall time and of the script's own SPS figure (sps_script), but not of train_sps (frames / (wall - eval_s)).
-The benchmark writes every page of the trial buffer when the script creates it (the buffer itself takes memory
-only as trials arrive), so a short run holds the memory of a full one, as after a long run. The run ends with a
+The benchmark fills every slot of the trial buffer with copies of the run's first trials (real, compressible
+as real data are), so a short run holds the memory of a full one, as after a long run. The run ends with a
 resume.pt checkpoint, which is inside the peak.
 """
 import argparse
@@ -46,16 +46,25 @@ def timed(cls, totals):
 
 
 def remember_buffers(buffers):
-    """Keep every TrialBuffer the script creates in buffers, to report its size, with all its pages written."""
-    original = cbvi.TrialBuffer.__init__
+    """Keep every TrialBuffer the script creates in buffers, to report its size. The buffer compresses each trial
+    (cbvi.py), so a full one is simulated with real data: the first batch of trials the run adds is copied into
+    every slot (the untrained policy's trials; docs/benchmarks.md compares their compression with a trained run's).
+    A short run then holds the memory of a full one, as after a long run."""
+    original_init, original_add = cbvi.TrialBuffer.__init__, cbvi.TrialBuffer.add
 
     def init(self, *args, **kwargs):
-        original(self, *args, **kwargs)
-        for tensor in (self.states, self.actions, self.rewards):
-            tensor.zero_()  # every page written: the memory of a full buffer
+        original_init(self, *args, **kwargs)
         buffers.append(self)
 
-    cbvi.TrialBuffer.__init__ = init
+    def add(self, *args, **kwargs):
+        original_add(self, *args, **kwargs)
+        if self.size < self.capacity:
+            batch = self.size
+            for slot in range(batch, self.capacity):
+                self.trials[slot] = self.trials[slot % batch].clone()
+            self.size = self.capacity
+
+    cbvi.TrialBuffer.__init__, cbvi.TrialBuffer.add = init, add
 
 
 def main():
@@ -108,7 +117,7 @@ def main():
         "env_step_share": round((train_env_time + eval_env_time) / wall, 3),
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),  # Linux: KiB
         "buffer_trials": summary["args"]["vae_buffer_size"],
-        "buffer_mib": round(sum(t.nbytes for b in buffers for t in (b.states, b.actions, b.rewards)) / 2**20),
+        "buffer_mib": round(sum(b.nbytes for b in buffers) / 2**20),
     }
     print(json.dumps(result))
 
