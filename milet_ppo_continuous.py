@@ -90,7 +90,10 @@ class Args:
     physics_threads: int = 2
     """threads that step the native MuJoCo vector env (with --torch-threads 1, the fastest split on 2 cores)"""
     torch_threads: int = 1
-    """torch's CPU threads (1 measured fastest on 2 cores; numbers are reproducible per thread count)"""
+    """torch's CPU threads while envs step (rollouts, evaluations; 1 measured fastest on 2 cores)"""
+    update_threads: Optional[int] = None
+    """torch's CPU threads in the PPO and CBVI updates, while the physics is idle (default: torch's own, i.e.
+    OMP_NUM_THREADS, else every core; numbers are reproducible per thread count)"""
 
     # Cluster-based variational inference (Sec. 4.1)
     num_clusters: Union[int, Literal["auto"]] = 4
@@ -241,6 +244,8 @@ def parse_args(argv: Optional[list[str]] = None) -> Args:
     if args.num_clusters == "auto" and args.max_clusters < 2:
         meta_test.exit_with_error(f"--max-clusters must be >= 2 with --num-clusters auto, got {args.max_clusters}")
     meta_test.check_trial_args(args, ("vae_updates", "vae_batch_size", "target_prior_every", "checkpoint_every"))
+    if args.update_threads is not None and args.update_threads < 1:
+        meta_test.exit_with_error(f"--update-threads must be >= 1, got {args.update_threads}")
     return args
 
 
@@ -480,6 +485,8 @@ if __name__ == "__main__":
     resumed = None  # --resume: the checkpoint's state and the run's own args, restored once everything is built
     if args.resume is not None:
         resumed, args = meta_test.load_resume(args)
+    if args.update_threads is None:  # fixed in args.json; a run from before the flag used torch_threads throughout
+        args.update_threads = args.torch_threads if resumed is not None else torch.get_num_threads()
     H = args.episode_length
     args.trial_length = (1 + args.num_exploit_episodes) * H
     args.num_iterations = args.total_timesteps // (args.num_envs * args.trial_length)
@@ -551,6 +558,7 @@ if __name__ == "__main__":
                 explore_optimizer.param_groups[0]["lr"] = frac * args.explore_lr
 
         # ALGO LOGIC (Alg. 1, step 1): sample tasks M_i and roll out one trial each, the encoder updating online
+        torch.set_num_threads(args.torch_threads)  # the physics steps on the other core(s)
         task_index = task_rng.integers(len(split.train_tasks), size=B)
         obs, _ = envs.reset(seed=args.seed if iteration == 1 else None,
                             options={"tasks": split.train_tasks[task_index], "clusters": split.train_clusters[task_index]})
@@ -591,6 +599,7 @@ if __name__ == "__main__":
             writer.add_scalar("charts/intrinsic_reward_r_c", r_c.sum(0).mean().item(), global_step)
 
         # ALGO LOGIC (step 3): one PPO update of each policy on its own part of the trial
+        torch.set_num_threads(args.update_threads)  # no env steps until the next rollout: torch may use every core
         for name, agent, optimizer, part, ent_coef in segments:
             advantages, returns = gae(policy_rewards[part], values[part], args.gamma, args.gae_lambda)
             stats = ppo_update(agent, optimizer, inputs[part].flatten(0, 1), actions[part].flatten(0, 1),
@@ -620,6 +629,7 @@ if __name__ == "__main__":
 
         # ALGO LOGIC (step 5): meta-test on the held-out tasks (Alg. 2) every eval_every iterations and at the end
         if iteration % args.eval_every == 0 or iteration == args.num_iterations:
+            torch.set_num_threads(args.torch_threads)
             record = {"iteration": iteration, "global_step": global_step,
                       **evaluate(args, cbvi.eval(), explore_agent, exploit_agent, obs_rms, eval_envs, split, device)}
             meta_test.log_evaluation(writer, run_dir, eval_lines, record)
