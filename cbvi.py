@@ -343,12 +343,14 @@ class TrialBuffer:
 
     Memory: each inner episode is stored as its H+1 states, so s_t and s_{t+1} share memory (the authors stored
     both, about 1.8 GB for AntGoal at 10,000 trials), every value is float16, half of float32 (447 MiB for 10,000
-    AntGoal trials instead of 893), and the block is compressed losslessly (zlib level 1). Ant's observations hold
-    78 contact forces that are mostly exactly 0, so an AntGoal trial compresses to about a third
-    (docs/benchmarks.md); incompressible values cost at most the float16 size plus a few bytes. Precision: ``sample``
-    returns float32 tensors equal to the float16 rounding of what was added, a relative error of at most 2^-11
-    (values beyond float16's range, +-65504, are clamped to it; MuJoCo states and rewards are orders of magnitude
-    smaller). The compression itself loses nothing: the same samples as an uncompressed float16 ring."""
+    AntGoal trials instead of 893), and each trial is compressed losslessly (zlib level 1). Ant's observations hold
+    78 contact forces that are mostly exactly 0, so an AntGoal trial compresses to about a third of its float16
+    size (docs/benchmarks.md). The blocks live in one array of page-aligned slots, each as large as an
+    incompressible trial, allocated with torch.empty: the system backs a page only once a block is written to it,
+    so the buffer costs its compressed size (plus part of a page per trial), and one array cannot fragment the heap
+    as 10,000 small allocations would. Precision: ``sample`` returns float32 tensors equal to the float16 rounding of
+    what was added, a relative error of at most 2^-11 (values beyond float16's range, +-65504, are clamped to it;
+    MuJoCo states and rewards are orders of magnitude smaller). The compression loses nothing."""
 
     dtype = torch.float16
 
@@ -356,7 +358,10 @@ class TrialBuffer:
         self.shapes = {"states": (num_episodes, episode_length + 1, obs_dim),
                        "actions": (num_episodes * episode_length, action_dim),
                        "rewards": (num_episodes * episode_length,)}
-        self.trials: list = [None] * capacity  # one uint8 tensor (a compressed trial) per written slot
+        trial_bytes = self.dtype.itemsize * sum(math.prod(shape) for shape in self.shapes.values())
+        worst_case = trial_bytes + trial_bytes // 1000 + 64  # zlib adds a few bytes per 16 KiB to incompressible data
+        self.blocks = torch.empty(capacity, -(-worst_case // 4096) * 4096, dtype=torch.uint8)  # whole pages per slot
+        self.lengths = torch.zeros(capacity, dtype=torch.int64)  # bytes of each slot's compressed trial
         self.capacity, self.size, self.position = capacity, 0, 0
 
     def _half(self, values: Tensor) -> np.ndarray:
@@ -365,8 +370,13 @@ class TrialBuffer:
 
     @property
     def nbytes(self) -> int:
-        """Bytes held by the stored trials (their compressed blocks)."""
-        return sum(trial.nbytes for trial in self.trials[:self.size])
+        """Bytes of the stored (compressed) trials."""
+        return int(self.lengths.sum())
+
+    def _write(self, slot: int, values: np.ndarray) -> None:
+        compressed = np.frombuffer(zlib.compress(values, 1), dtype=np.uint8)
+        self.blocks[slot].numpy()[:len(compressed)] = compressed
+        self.lengths[slot] = len(compressed)
 
     def add(self, obs, actions, rewards, next_obs):
         """Store a batch of trials given time-major (T, B, .) tensors."""
@@ -377,13 +387,13 @@ class TrialBuffer:
         parts = [self._half(part.reshape(batch, -1)) for part in
                  (episode_states.permute(2, 0, 1, 3), actions.transpose(0, 1), rewards.transpose(0, 1))]
         for b, values in enumerate(np.concatenate(parts, axis=1)):  # one float16 row per trial
-            compressed = bytearray(zlib.compress(values, 1))
-            self.trials[(self.position + b) % self.capacity] = torch.frombuffer(compressed, dtype=torch.uint8)
+            self._write((self.position + b) % self.capacity, values)
         self.position, self.size = (self.position + batch) % self.capacity, min(self.size + batch, self.capacity)
 
     def trial(self, slot: int) -> tuple[Tensor, Tensor, Tensor]:
         """One stored trial, decompressed: float16 states (E, H+1, obs), actions (T, A) and rewards (T,)."""
-        values = torch.frombuffer(bytearray(zlib.decompress(self.trials[slot].numpy())), dtype=self.dtype)
+        block = self.blocks[slot, :self.lengths[slot]].numpy()
+        values = torch.frombuffer(bytearray(zlib.decompress(block)), dtype=self.dtype)
         parts = values.split([math.prod(shape) for shape in self.shapes.values()])
         return tuple(part.view(shape) for part, shape in zip(parts, self.shapes.values()))
 
@@ -396,28 +406,31 @@ class TrialBuffer:
         return obs.transpose(0, 1), actions.transpose(0, 1), rewards.transpose(0, 1), next_obs.transpose(0, 1)
 
     def state_dict(self) -> dict:
-        """The ring and its position, for a checkpoint (``--resume``). The stored tensors themselves, not copies: a
-        copy would double the buffer's memory while a checkpoint is written."""
-        return {"trials": self.trials, "shapes": self.shapes, "size": self.size, "position": self.position}
+        """The ring and its position, for a checkpoint (``--resume``): each stored trial's compressed block as a
+        tensor over this buffer's own memory (torch.save writes the blocks' bytes; nothing is copied in memory)."""
+        trials = [torch.from_numpy(self.blocks[slot].numpy()[:length])
+                  for slot, length in enumerate(self.lengths[:self.size].tolist())]
+        return {"trials": trials, "capacity": self.capacity, "shapes": self.shapes, "size": self.size,
+                "position": self.position}
 
     def load_state_dict(self, state: dict) -> None:
-        """Take over the loaded trials (no second copy in memory); the checkpoint must have this buffer's shapes.
-        A checkpoint of the uncompressed float16 ring (this file before 2026-12-01) is compressed slot by slot."""
+        """Copy the checkpoint's trials into this buffer and release them from ``state``, so that a resumed run does
+        not hold them twice; the checkpoint must have this buffer's capacity and shapes. A checkpoint of the
+        uncompressed float16 ring (this file before 2026-12-01) is compressed slot by slot."""
         if "states" in state:  # the earlier layout: states, actions, rewards tensors of the whole capacity
-            shapes = {name: tuple(state[name].shape[1:]) for name in self.shapes}
-            trials = self._compress_old_layout(state)
-            for name in self.shapes:  # released as soon as they are compressed, not held beside the new ring
-                del state[name]
-            state.update(trials=trials, shapes=shapes)
+            state.update(capacity=len(state["states"]), shapes={name: tuple(state[name].shape[1:])
+                                                                for name in self.shapes})
         shapes = {name: tuple(shape) for name, shape in state["shapes"].items()}
-        if len(state["trials"]) != self.capacity or shapes != self.shapes:
-            raise ValueError(f"the checkpoint's trial buffer holds {len(state['trials'])} trials of shapes {shapes}, "
+        if state["capacity"] != self.capacity or shapes != self.shapes:
+            raise ValueError(f"the checkpoint's trial buffer holds {state['capacity']} trials of shapes {shapes}, "
                              f"this run's {self.capacity} of {self.shapes}")
-        self.trials, self.size, self.position = state["trials"], state["size"], state["position"]
-
-    def _compress_old_layout(self, state: dict) -> list:
-        trials = [None] * len(state["states"])
         for slot in range(state["size"]):
-            values = np.concatenate([state[name][slot].numpy().reshape(-1) for name in self.shapes])
-            trials[slot] = torch.frombuffer(bytearray(zlib.compress(values, 1)), dtype=torch.uint8)
-        return trials
+            if "states" in state:
+                self._write(slot, np.concatenate([state[name][slot].numpy().reshape(-1) for name in self.shapes]))
+            else:
+                block = state["trials"][slot].numpy()
+                self.blocks[slot].numpy()[:len(block)] = block
+                self.lengths[slot] = len(block)
+        for name in ("trials", *self.shapes):
+            state.pop(name, None)
+        self.size, self.position = state["size"], state["position"]

@@ -60,8 +60,9 @@ def remember_buffers(buffers):
         original_add(self, *args, **kwargs)
         if self.size < self.capacity:
             batch = self.size
-            for slot in range(batch, self.capacity):
-                self.trials[slot] = self.trials[slot % batch].clone()
+            for slot in range(batch, self.capacity):  # only the block's bytes: the rest of a slot stays untouched
+                length = self.lengths[slot % batch]
+                self.blocks[slot, :length], self.lengths[slot] = self.blocks[slot % batch, :length], length
             self.size = self.capacity
 
     cbvi.TrialBuffer.__init__, cbvi.TrialBuffer.add = init, add
