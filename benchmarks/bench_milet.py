@@ -5,6 +5,7 @@ vector env and the gymnasium reference path (--gymnasium-envs) side by side, eac
     python benchmarks/bench_milet.py --env-id AntGoal --iterations 10
     python benchmarks/bench_milet.py --env-id AntGoal --iterations 10 --torch-threads 2 --physics-threads 1
     python benchmarks/bench_milet.py --env-id PointGoal --iterations 100
+    python benchmarks/bench_milet.py --env-id AntGoal --iterations 4 --one-path --resume   # also a resumed run's peak
 
 Runs the script in this process (runpy), after wrapping the vector envs' step methods with a timer. The run
 evaluates only before and after training (--eval-every is set past the end); those two evaluations are part of
@@ -73,6 +74,9 @@ def main():
     parser.add_argument("--env-id", default="AntGoal", choices=envs_clustered.ENV_IDS)
     parser.add_argument("--iterations", type=int, default=10, help="training iterations of 16 trials x 200 steps")
     parser.add_argument("--one-path", action="store_true", help="measure only the flags given, in this process")
+    parser.add_argument("--resume", action="store_true",
+                        help="then --resume the finished run in a fresh process and report that process's peak RSS "
+                             "(loading resume.pt with its full buffer; the finished run trains no further)")
     args, extra = parser.parse_known_args()
     if not args.one_path:  # both paths, each in a fresh process (peak RSS is per process)
         paths = [("native", [])] + ([("gymnasium", ["--gymnasium-envs"])] if args.env_id != "PointGoal" else [])
@@ -110,6 +114,10 @@ def main():
         wall = time.perf_counter() - start
         (run_dir,) = os.listdir(runs_dir)
         summary = json.load(open(os.path.join(runs_dir, run_dir, "summary.json")))
+        if args.resume:
+            subprocess.run([sys.executable, os.path.join(ROOT, "milet_ppo_continuous.py"), "--resume",
+                            os.path.join(runs_dir, run_dir)], capture_output=True, check=True, cwd=ROOT)
+            resume_peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # the only child waited for
     train_env_time, eval_env_time = totals.get(16, 0.0), totals.get(32, 0.0)
     result = {
         "env_id": args.env_id, "frames": summary["global_step"], "wall_s": round(wall, 1), "sps_script": summary["sps"],
@@ -119,6 +127,7 @@ def main():
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),  # Linux: KiB
         "buffer_trials": summary["args"]["vae_buffer_size"],
         "buffer_mib": round(sum(b.nbytes for b in buffers) / 2**20),
+        **({"resume_peak_rss_mib": round(resume_peak / 1024)} if args.resume else {}),
     }
     print(json.dumps(result))
 
