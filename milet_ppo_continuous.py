@@ -645,8 +645,9 @@ if __name__ == "__main__":
         progress.set_postfix(SPS=sps, eval_return_2=round(record["return_episode_2"], 1),
                              eval_nmi=round(record["nmi_end_of_exploration"], 3))
 
-    summary = meta_test.summary(args, global_step, sps, record)
-    meta_test.write_atomic(os.path.join(run_dir, "summary.json"), json.dumps(summary, indent=1))
+    if start_iteration <= args.num_iterations:  # --resume of a finished run trains nothing and keeps its summary
+        summary = meta_test.summary(args, global_step, sps, record)
+        meta_test.write_atomic(os.path.join(run_dir, "summary.json"), json.dumps(summary, indent=1))
     envs.close()
     eval_envs.close()
     writer.close()

@@ -198,3 +198,15 @@ def test_bad_resume_is_one_line(tmp_path, flags, message):
                             cwd=ROOT, timeout=600)
     assert result.returncode != 0 and message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_resuming_a_finished_run_changes_none_of_its_files(tmp_path):
+    """--resume of a run that already ended (its resume.pt is from the last iteration) trains nothing and leaves
+    eval.jsonl and summary.json (with its measured SPS) exactly as they were."""
+    run_script(tmp_path, *tiny(2))
+    run_dir = only_run_dir(tmp_path)
+    before = {name: open(os.path.join(run_dir, name)).read() for name in ("eval.jsonl", "summary.json")}
+    result = subprocess.run([sys.executable, SCRIPT, "--resume", run_dir], capture_output=True, text=True, cwd=ROOT,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert {name: open(os.path.join(run_dir, name)).read() for name in before} == before
