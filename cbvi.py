@@ -93,7 +93,7 @@ class _PrefixByPrefix(torch.autograd.Function):
     together in ``forward``; only the gradients (the size of z, x_part and the decoder's weights) are kept for
     ``backward``. Against torch.utils.checkpoint per prefix (this file before 2026-12-01), that skips the
     recomputed forward pass, and because every prefix's graph is freed before the next one is built, the heap does
-    not fragment: one AntGoal CBVI update peaks about 110 MiB lower and runs about 25% faster
+    not fragment: one AntGoal CBVI update peaks about 150 MiB lower and runs about 30% faster
     (docs/benchmarks.md)."""
 
     @staticmethod
