@@ -645,9 +645,9 @@ if __name__ == "__main__":
         progress.set_postfix(SPS=sps, eval_return_2=round(record["return_episode_2"], 1),
                              eval_nmi=round(record["nmi_end_of_exploration"], 3))
 
-    if start_iteration <= args.num_iterations:  # --resume of a finished run trains nothing and keeps its summary
-        summary = meta_test.summary(args, global_step, sps, record)
-        meta_test.write_atomic(os.path.join(run_dir, "summary.json"), json.dumps(summary, indent=1))
+    summary_path = os.path.join(run_dir, "summary.json")  # --resume of a finished run trains nothing: keep its summary
+    if start_iteration <= args.num_iterations or not os.path.exists(summary_path):
+        meta_test.write_atomic(summary_path, json.dumps(meta_test.summary(args, global_step, sps, record), indent=1))
     envs.close()
     eval_envs.close()
     writer.close()

@@ -202,7 +202,8 @@ def test_bad_resume_is_one_line(tmp_path, flags, message):
 
 def test_resuming_a_finished_run_changes_none_of_its_files(tmp_path):
     """--resume of a run that already ended (its resume.pt is from the last iteration) trains nothing and leaves
-    eval.jsonl and summary.json (with its measured SPS) exactly as they were."""
+    eval.jsonl and summary.json (with its measured SPS) exactly as they were; without a summary.json (killed after
+    its last checkpoint) it writes one."""
     run_script(tmp_path, *tiny(2))
     run_dir = only_run_dir(tmp_path)
     before = {name: open(os.path.join(run_dir, name)).read() for name in ("eval.jsonl", "summary.json")}
@@ -210,3 +211,7 @@ def test_resuming_a_finished_run_changes_none_of_its_files(tmp_path):
                             timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert {name: open(os.path.join(run_dir, name)).read() for name in before} == before
+    os.remove(os.path.join(run_dir, "summary.json"))  # a run killed after its last checkpoint: the summary is written
+    subprocess.run([sys.executable, SCRIPT, "--resume", run_dir], check=True, capture_output=True, cwd=ROOT, timeout=600)
+    assert json.load(open(os.path.join(run_dir, "summary.json")))["test_return_episode_2"] == \
+        json.loads(before["summary.json"])["test_return_episode_2"]
