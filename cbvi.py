@@ -373,10 +373,14 @@ class TrialBuffer:
         """Bytes of the stored (compressed) trials."""
         return int(self.lengths.sum())
 
-    def _write(self, slot: int, values: np.ndarray) -> None:
-        compressed = np.frombuffer(zlib.compress(values, 1), dtype=np.uint8)
-        self.blocks[slot].numpy()[:len(compressed)] = compressed
-        self.lengths[slot] = len(compressed)
+    def _store(self, slot: int, block: np.ndarray) -> None:
+        """Put one compressed trial (uint8 bytes) into a slot; the slot's pages beyond it stay untouched."""
+        self.blocks[slot].numpy()[:len(block)] = block
+        self.lengths[slot] = len(block)
+
+    @staticmethod
+    def _compress(values: np.ndarray) -> np.ndarray:
+        return np.frombuffer(zlib.compress(values, 1), dtype=np.uint8)
 
     def add(self, obs, actions, rewards, next_obs):
         """Store a batch of trials given time-major (T, B, .) tensors."""
@@ -387,7 +391,7 @@ class TrialBuffer:
         parts = [self._half(part.reshape(batch, -1)) for part in
                  (episode_states.permute(2, 0, 1, 3), actions.transpose(0, 1), rewards.transpose(0, 1))]
         for b, values in enumerate(np.concatenate(parts, axis=1)):  # one float16 row per trial
-            self._write((self.position + b) % self.capacity, values)
+            self._store((self.position + b) % self.capacity, self._compress(values))
         self.position, self.size = (self.position + batch) % self.capacity, min(self.size + batch, self.capacity)
 
     def trial(self, slot: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -425,12 +429,11 @@ class TrialBuffer:
             raise ValueError(f"the checkpoint's trial buffer holds {state['capacity']} trials of shapes {shapes}, "
                              f"this run's {self.capacity} of {self.shapes}")
         for slot in range(state["size"]):
-            if "states" in state:
-                self._write(slot, np.concatenate([state[name][slot].numpy().reshape(-1) for name in self.shapes]))
+            if "states" in state:  # the earlier layout's float16 values, compressed here
+                block = self._compress(np.concatenate([state[name][slot].numpy().reshape(-1) for name in self.shapes]))
             else:
                 block = state["trials"][slot].numpy()
-                self.blocks[slot].numpy()[:len(block)] = block
-                self.lengths[slot] = len(block)
+            self._store(slot, block)
         for name in ("trials", *self.shapes):
             state.pop(name, None)
         self.size, self.position = state["size"], state["position"]

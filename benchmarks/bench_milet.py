@@ -61,9 +61,8 @@ def remember_buffers(buffers):
         original_add(self, *args, **kwargs)
         if self.size < self.capacity:
             batch = self.size
-            for slot in range(batch, self.capacity):  # only the block's bytes: the rest of a slot stays untouched
-                length = self.lengths[slot % batch]
-                self.blocks[slot, :length], self.lengths[slot] = self.blocks[slot % batch, :length], length
+            for slot in range(batch, self.capacity):
+                self._store(slot, self.blocks[slot % batch, :self.lengths[slot % batch]].numpy())
             self.size = self.capacity
 
     cbvi.TrialBuffer.__init__, cbvi.TrialBuffer.add = init, add
