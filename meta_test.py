@@ -45,14 +45,27 @@ SUMMARY_KEYS = ("nmi_end_of_exploration", "nmi_per_step", "nmi_ceiling", "test_c
                 "num_clusters_found", "cluster_weights")
 
 
+def eval_tasks(split, num_slots: int) -> tuple[np.ndarray, np.ndarray]:
+    """The test tasks and clusters of `split`, each repeated for num_slots / len(test_tasks) trials (--eval-trials),
+    task by task: slot i holds test task i // trials, with its own reset noise."""
+    trials, remainder = divmod(num_slots, len(split.test_tasks))
+    if trials < 1 or remainder:
+        raise ValueError(f"{num_slots} eval slots is not a multiple of the {len(split.test_tasks)} test tasks")
+    return np.repeat(split.test_tasks, trials, axis=0), np.repeat(split.test_clusters, trials)
+
+
 @torch.no_grad()
 def evaluate(eval_envs, split, seed: int, num_episodes: int, episode_length: int,
              act: Callable[[np.ndarray, int], torch.Tensor],
              observe: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int], Optional[torch.Tensor]]) -> dict:
-    """Run one trial on every test task of `split` and return the record that goes into eval.jsonl."""
+    """Run trials on every test task of `split` (one per eval slot; eval_envs may hold several slots per task) and
+    return the record that goes into eval.jsonl."""
     num_tasks = len(split.test_tasks)
-    obs, info = eval_envs.reset(seed=seed, options={"tasks": split.test_tasks, "clusters": split.test_clusters})
-    episode_returns, predicted_clusters = np.zeros((num_episodes, num_tasks)), []
+    tasks, clusters = eval_tasks(split, eval_envs.num_envs)
+    trials = len(tasks) // num_tasks
+    obs, info = eval_envs.reset(seed=seed, options={"tasks": tasks, "clusters": clusters})
+    episode_returns, predicted_clusters = np.zeros((num_episodes, len(tasks))), []
+    final_distance = np.zeros((num_episodes, len(tasks)))
     xy_trace = [np.stack(info["xy"])] if "xy" in info else None
     for step in range(num_episodes * episode_length):
         episode = step // episode_length
@@ -67,15 +80,26 @@ def evaluate(eval_envs, split, seed: int, num_episodes: int, episode_length: int
                 predicted_clusters.append(cluster_probs.argmax(-1).cpu().numpy())
             if xy_trace is not None:
                 xy_trace.append(np.stack(info["xy"]))
-    result = {f"return_episode_{k + 1}": float(episode_returns[k].mean()) for k in range(num_episodes)}
+        if "xy" in info and (step + 1) % episode_length == 0:  # info["xy"] is the robot's xy after this last step
+            final_distance[episode] = np.linalg.norm(np.stack(info["xy"]) - tasks, axis=-1)
+    per_task = episode_returns.reshape(num_episodes, num_tasks, trials).mean(-1)  # each task's mean over trials
+    result = {}
+    for k in range(num_episodes):
+        result[f"return_episode_{k + 1}"] = float(per_task[k].mean())
+        # the standard error of that mean over the test tasks (of each task's mean over its --eval-trials)
+        result[f"return_episode_{k + 1}_sem"] = float(per_task[k].std(ddof=1) / np.sqrt(num_tasks))
+    if envs_clustered._kind(split.env_id) == "goal":  # the physical reference: how far from the goal each episode ends
+        for k in range(num_episodes):
+            result[f"final_distance_episode_{k + 1}"] = float(final_distance[k].mean())
+            result[f"final_distance_episode_{k + 1}_median"] = float(np.median(final_distance[k]))
     if split.env_id == "PointGoal":
         oracle = envs_clustered.point_goal_oracle_returns(split.test_tasks, episode_length, num_episodes)
         result.update({f"oracle_return_episode_{k + 1}": float(oracle[k]) for k in range(num_episodes)})
-    result.update(test_clusters_true=split.test_clusters.tolist(),
+    result.update(eval_trials=trials, test_clusters_true=clusters.tolist(),
                   test_returns_per_task=np.round(episode_returns, 3).tolist())
     if predicted_clusters:
         # NMI(true cluster, argmax q(c | tau_:t)) after every step t = 1..H of the exploration episode (Fig. 3c)
-        nmi_per_step = [float(normalized_mutual_info_score(split.test_clusters, pred)) for pred in predicted_clusters]
+        nmi_per_step = [float(normalized_mutual_info_score(clusters, pred)) for pred in predicted_clusters]
         # the reference: the NMI of the most likely cluster given each true test task (envs_clustered.nmi_ceiling)
         result.update(nmi_per_step=nmi_per_step, nmi_end_of_exploration=nmi_per_step[-1],
                       nmi_ceiling=envs_clustered.nmi_ceiling(split),
@@ -104,7 +128,7 @@ def peek_env_id(argv: Optional[list], env_defaults: dict) -> str:
 
 def check_trial_args(args, more_positive_flags: tuple = ()) -> None:
     """The checks every script of the shared protocol makes (MILET, VariBAD, RL2) on its settings."""
-    for flag in ("num_minibatches", "update_epochs", "eval_every", "episode_length", "num_exploit_episodes",
+    for flag in ("num_minibatches", "update_epochs", "eval_every", "eval_trials", "episode_length", "num_exploit_episodes",
                  "physics_threads", "torch_threads", *more_positive_flags):
         if getattr(args, flag) < 1:
             exit_with_error(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
@@ -130,7 +154,7 @@ def check_finite(losses: dict, iteration: int) -> None:
 def summary(args, global_step: int, sps: int, record: dict) -> dict:
     """summary.json: the run, its final test returns and, where the method infers clusters, the NMI figures."""
     return {"env_id": args.env_id, "seed": args.seed, "global_step": global_step, "sps": sps,
-            **{f"test_{k}": v for k, v in record.items() if k.startswith("return_episode_")},
+            **{f"test_{k}": v for k, v in record.items() if k.startswith(("return_episode_", "final_distance_"))},
             **{k: v for k, v in record.items() if k.startswith("oracle_return_episode_")},
             **{k: record[k] for k in SUMMARY_KEYS if k in record},
             **{k: v for k, v in record.items() if k.startswith("ood_")}, "args": vars(args)}
@@ -210,6 +234,6 @@ def write_atomic(path: str, text: str) -> None:
 def log_evaluation(writer, run_dir: str, eval_lines: list, record: dict) -> None:
     """Append one evaluation to eval.jsonl (rewritten whole, atomically) and to tensorboard's eval/ tags."""
     eval_lines.append(json.dumps(record) + "\n")
-    for key in [k for k in record if k.startswith("return_episode_") or k == "nmi_end_of_exploration"]:
+    for key in [k for k in record if k.startswith(("return_episode_", "final_distance_")) or k == "nmi_end_of_exploration"]:
         writer.add_scalar(f"eval/{key}", record[key], record["global_step"])
     write_atomic(os.path.join(run_dir, "eval.jsonl"), "".join(eval_lines))

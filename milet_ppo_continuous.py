@@ -65,6 +65,8 @@ class Args:
     """if set, load this checkpoint, re-run the meta-test evaluation, print it as JSON and exit"""
     eval_every: int = 25
     """meta-test evaluation every this many iterations (and before training and at the end)"""
+    eval_trials: int = 1
+    """trials per test task in each evaluation (each with its own reset noise; the 32 test tasks stay the protocol)"""
     checkpoint_every: int = 100
     """write runs/<run_name>/resume.pt (everything --resume needs, trial buffer included) every this many iterations"""
     resume: Optional[str] = None
@@ -193,6 +195,10 @@ class Args:
     """coefficient of the value function"""
     max_grad_norm: float = 0.5
     """the maximum norm for the gradient clipping"""
+    clip_vloss: bool = True
+    """toggles the clipped value loss (by clip_coef, as the authors and CleanRL); --no-clip-vloss: unclipped"""
+    init_logstd: float = 0.0
+    """initial log-std of both Gaussian policies (0 = std 1, the authors')"""
 
     # to be filled in runtime
     trial_length: int = 0
@@ -244,6 +250,8 @@ def parse_args(argv: Optional[list[str]] = None) -> Args:
     if args.num_clusters == "auto" and args.max_clusters < 2:
         meta_test.exit_with_error(f"--max-clusters must be >= 2 with --num-clusters auto, got {args.max_clusters}")
     meta_test.check_trial_args(args, ("vae_updates", "vae_batch_size", "target_prior_every", "checkpoint_every"))
+    if args.ood_eval and args.eval_trials > 1:
+        meta_test.exit_with_error("--ood-eval scores one trial per task: use it with --eval-trials 1")
     if args.update_threads is not None and args.update_threads < 1:
         meta_test.exit_with_error(f"--update-threads must be >= 1, got {args.update_threads}")
     return args
@@ -259,7 +267,9 @@ def make_env(args: Args, num_envs: int, seed: int) -> gym.vector.VectorEnv:
     space, unit = envs.single_action_space, np.ones(envs.single_action_space.shape, dtype=np.float32)
     if not (np.array_equal(space.low, -unit) and np.array_equal(space.high, unit)):  # Humanoid's +-0.4
         envs = gym.wrappers.vector.RescaleAction(envs, -unit, unit)
-    return gym.wrappers.vector.ClipAction(envs)
+    # no ClipAction: the env charges its control cost on the action the policy sent and MuJoCo clamps the control to
+    # the model's ctrlrange, as the authors' envs did (a clipped action made a wide policy free; docs/antgoal.md)
+    return envs
 
 
 def layer_init(layer, std=np.sqrt(2), bias_const=0.0):
@@ -280,11 +290,11 @@ class Agent(nn.Module):
     """A PPO actor-critic on [normalised state, z mean, z log-variance]. MILET has two of them:
     the exploration policy pi_psi and the exploitation policy pi_phi (Sec. 4.2)."""
 
-    def __init__(self, input_dim: int, action_dim: int, hidden: tuple[int, ...]):
+    def __init__(self, input_dim: int, action_dim: int, hidden: tuple[int, ...], init_logstd: float = 0.0):
         super().__init__()
         self.critic = mlp(input_dim, hidden, 1, out_std=1.0)
         self.actor_mean = mlp(input_dim, hidden, action_dim, out_std=0.01)
-        self.actor_logstd = nn.Parameter(torch.zeros(1, action_dim))  # state-independent, initialised to log 1
+        self.actor_logstd = nn.Parameter(torch.full((1, action_dim), init_logstd))  # state-independent
 
     def get_action_and_value(self, x, action=None, deterministic=False):
         action_mean = self.actor_mean(x)
@@ -307,8 +317,9 @@ def build_models(args: Args, obs_dim: int, action_dim: int, device):
         weight_concentration=args.weight_concentration,
     ).to(device)
     input_dim = policy_input_dim(args, obs_dim)
-    exploit_agent = Agent(input_dim, action_dim, args.policy_layers).to(device)
-    explore_agent = Agent(input_dim, action_dim, args.policy_layers).to(device) if args.exploration_policy else None
+    exploit_agent = Agent(input_dim, action_dim, args.policy_layers, args.init_logstd).to(device)
+    explore_agent = (Agent(input_dim, action_dim, args.policy_layers, args.init_logstd).to(device)
+                     if args.exploration_policy else None)
     return cbvi, explore_agent, exploit_agent
 
 
@@ -363,9 +374,11 @@ def ppo_update(agent, optimizer, inputs, actions, logprobs, advantages, returns,
                 mb_advantages = (mb_advantages - mb_advantages.mean()) / (mb_advantages.std() + 1e-8)
             clipped_ratio = ratio.clamp(1 - args.clip_coef, 1 + args.clip_coef)
             pg_loss = torch.max(-mb_advantages * ratio, -mb_advantages * clipped_ratio).mean()
-            v_clipped = values[mb] + (newvalue - values[mb]).clamp(-args.clip_coef, args.clip_coef)
-            v_loss = 0.5 * torch.max(value_loss_fn(newvalue, returns[mb], reduction="none"),
-                                     value_loss_fn(v_clipped, returns[mb], reduction="none")).mean()
+            v_loss = value_loss_fn(newvalue, returns[mb], reduction="none")
+            if args.clip_vloss:
+                v_clipped = values[mb] + (newvalue - values[mb]).clamp(-args.clip_coef, args.clip_coef)
+                v_loss = torch.max(v_loss, value_loss_fn(v_clipped, returns[mb], reduction="none"))
+            v_loss = 0.5 * v_loss.mean()
             entropy_loss = entropy.mean()
             loss = pg_loss - ent_coef * entropy_loss + v_loss * args.vf_coef
             meta_test.check_finite({"policy_loss": pg_loss, "value_loss": v_loss}, iteration)
@@ -423,7 +436,7 @@ def evaluate(args: Args, cbvi, explore_agent, exploit_agent, obs_rms, eval_envs,
 def meta_test_trial(args: Args, cbvi, explore_agent, exploit_agent, obs_rms, eval_envs, split, device):
     """One meta-test trial on split's test tasks: (the eval.jsonl record, the exploration episode as
     (belief at its end, states, actions, rewards, next states))."""
-    hidden, belief = cbvi.initial_belief(len(split.test_tasks), sample=False)
+    hidden, belief = cbvi.initial_belief(eval_envs.num_envs, sample=False)  # --eval-trials slots per test task
     episode = {"states": [], "actions": [], "rewards": [], "next_states": []}
 
     def act(obs, step):
@@ -479,7 +492,7 @@ if __name__ == "__main__":
         args, cbvi, explore_agent, exploit_agent, obs_rms = load_checkpoint(args.eval_checkpoint)
         split = envs_clustered.make_task_split(args.env_id, seed=args.task_seed, hold_out_ood=args.ood_eval)
         result = evaluate(args, cbvi.eval(), explore_agent, exploit_agent, obs_rms,
-                          make_env(args, len(split.test_tasks), args.seed + 1), split, "cpu")
+                          make_env(args, len(split.test_tasks) * args.eval_trials, args.seed + 1), split, "cpu")
         print(json.dumps({k: v for k, v in result.items() if not k.startswith("exploration_")}))
         sys.exit(0)
     resumed = None  # --resume: the checkpoint's state and the run's own args, restored once everything is built
@@ -508,7 +521,7 @@ if __name__ == "__main__":
     # env setup: the fixed task split (500 train / 32 test tasks), training and meta-test environments
     split = envs_clustered.make_task_split(args.env_id, seed=args.task_seed, hold_out_ood=args.ood_eval)
     envs = make_env(args, args.num_envs, args.seed)
-    eval_envs = make_env(args, len(split.test_tasks), args.seed + 1)
+    eval_envs = make_env(args, len(split.test_tasks) * args.eval_trials, args.seed + 1)
     obs_dim, action_dim = envs.single_observation_space.shape[0], envs.single_action_space.shape[0]
     task_rng = np.random.default_rng(args.seed)
 

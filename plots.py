@@ -9,6 +9,7 @@ function can also be imported.
     python plots.py params runs/<rand-params run> --out params.png       # Fig. 7: multipliers per inferred cluster
     python plots.py schedules --out schedules.png                        # Fig. 6: gamma_h(t) and gamma_c(t)
     python plots.py table runs/*                                         # Markdown table of final returns and NMI
+    python plots.py late runs/*                                          # late averages with standard errors
     python plots.py compare milet varibad runs/*                         # P(milet improves on varibad), with its CI
     python plots.py profiles runs/PointGoal__* --out profiles.png        # performance profiles of the final scores
     python plots.py clusters runs/PointGoal__* --out clusters.png        # Table 1 as a figure: K = 2..8 and auto
@@ -208,10 +209,19 @@ def _reference_line(ax, runs: list[Run], key: str, label: str, colour: str, reco
 
 
 def plot_curves(runs: list[Run], group_by: str = "exp_name", stat: Stat = "iqm", reps: int = REPS, seed: int = SEED):
-    """Fig. 2/4: test return per episode of the trial against frames, and NMI at the end of exploration."""
+    """Fig. 2/4: test return per episode of the trial against frames, and NMI at the end of exploration; on the goal
+    envs a second row, the median distance to the goal at the end of each episode. A group of one run is drawn with
+    the band of +-1 standard error of its mean return over the test tasks (return_episode_k_sem)."""
     groups = group_runs(runs, group_by)
     keys = _episode_keys(runs)
-    fig, axes = plt.subplots(1, len(keys) + 1, figsize=(4.5 * (len(keys) + 1), 3.6), squeeze=False)
+    distance_keys = [f"final_distance_episode_{k[len('return_episode_'):]}_median" for k in keys]
+    has_distance = all(key in run.records[0] for run in runs for key in distance_keys)
+    rows = 2 if has_distance else 1
+    fig, axes = plt.subplots(rows, len(keys) + 1, figsize=(4.5 * (len(keys) + 1), 3.6 * rows), squeeze=False)
+    panels = list(zip(axes[0], keys + ["nmi_end_of_exploration"]))
+    if has_distance:
+        panels += list(zip(axes[1], distance_keys))
+        axes[1][-1].axis("off")
     for group_index, (name, members) in enumerate(groups.items()):
         # the band needs every run at every point: keep the evaluation steps that all runs of the group share
         steps = sorted(set.intersection(*({r["global_step"] for r in run.records} for run in members)))
@@ -222,10 +232,19 @@ def plot_curves(runs: list[Run], group_by: str = "exp_name", stat: Stat = "iqm",
         if any(run.records[-1]["global_step"] > steps[-1] for run in members):
             print(f"plots.py: group {name!r}: runs differ in length; curves stop at frame {steps[-1]}", file=sys.stderr)
         by_step = [{r["global_step"]: r for r in run.records} for run in members]
-        for ax, key in zip(axes[0], keys + ["nmi_end_of_exploration"]):
-            if all(key in runs_at[s] for runs_at in by_step for s in steps):  # methods without clusters log no NMI
-                _band(ax, steps, [[runs_at[s][key] for s in steps] for runs_at in by_step], name,
-                      f"C{group_index % 10}", stat, reps, seed)
+        colour = f"C{group_index % 10}"
+        for ax, key in panels:
+            if not all(key in runs_at[s] for runs_at in by_step for s in steps):  # no clusters: no NMI
+                continue
+            sem_key = f"{key}_sem"
+            if len(members) == 1 and all(sem_key in by_step[0][s] for s in steps):  # one run: its s.e. over tasks
+                centre = np.array([by_step[0][s][key] for s in steps])
+                sem = np.array([by_step[0][s][sem_key] for s in steps])
+                (line,) = ax.plot(steps, centre, label=f"{name} (n=1) ± 1 s.e. over test tasks", color=colour)
+                ax.fill_between(steps, centre - sem, centre + sem, alpha=0.2, color=line.get_color())
+            else:
+                _band(ax, steps, [[runs_at[s][key] for s in steps] for runs_at in by_step], name, colour, stat,
+                      reps, seed)
     for k, ax in enumerate(axes[0]):  # references: the oracle and the untrained policy (iteration 0), the NMI ceiling
         if k < len(keys):
             _reference_line(ax, runs, f"oracle_{keys[k]}", "oracle (knows the goal)", "k")
@@ -235,6 +254,13 @@ def plot_curves(runs: list[Run], group_by: str = "exp_name", stat: Stat = "iqm",
         title = "NMI at the end of the exploration episode" if k == len(keys) else (
             f"episode {k + 1} ({'exploration' if k == 0 else 'exploitation'})")
         ax.set(title=title, xlabel="environment frames", ylabel="NMI" if k == len(keys) else "test return")
+        ax.grid(alpha=0.3)
+    for k, key in enumerate(distance_keys if has_distance else []):  # reference: where the untrained policy ends
+        ax = axes[1][k]
+        _reference_line(ax, runs, key, "untrained policy", "0.5", record_index=0)
+        ax.set(title=f"episode {k + 1}: median final distance to the goal", xlabel="environment frames",
+               ylabel="distance (m)")
+        ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
     fig.suptitle(f"{runs[0].env_id}: {BAND_TITLES[stat]}")
@@ -457,6 +483,40 @@ def comparison_table(runs: list[Run], a: str, b: str, group_by: str = "exp_name"
     return "\n".join(lines)
 
 
+def late_table(runs: list[Run], group_by: str = "exp_name", late: float = 0.8) -> str:
+    """Markdown: per run, the late average of every episode's test return, of its median final distance to the goal
+    (goal envs) and of the NMI at the end of exploration (where logged): the mean over the evaluations at >= `late`
+    of the run's last frame, +- the standard error over those evaluations; per group of several runs, the mean of
+    the runs' late averages +- its standard error over the runs (seeds)."""
+    keys = _episode_keys(runs)
+    columns = keys + [f"final_distance_episode_{k[len('return_episode_'):]}_median" for k in keys]
+    columns.append("nmi_end_of_exploration")
+    columns = [c for c in columns if any(c in r for run in runs for r in run.records)]
+
+    def late_values(run: Run, key: str) -> list:
+        last = run.records[-1]["global_step"]
+        return [r[key] for r in run.records if r["global_step"] >= late * last and key in r]
+
+    def cell(values) -> str:
+        if not values:
+            return "-"
+        sem = np.std(values, ddof=1) / np.sqrt(len(values)) if len(values) > 1 else float("nan")
+        return f"{np.mean(values):.3g} ± {sem:.2g}" if np.mean(np.abs(values)) < 10 else f"{np.mean(values):.1f} ± {sem:.1f}"
+
+    header = ["group", "run (seed)", "frames", "late evals"] + [c.replace("_", " ") for c in columns]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, members in group_runs(runs, group_by).items():
+        for run in members:
+            lines.append(f"| {name} | {os.path.basename(run.path.rstrip('/'))} ({run.seed}) | "
+                         f"{run.records[-1]['global_step'] / 1e6:.2f}M | {len(late_values(run, keys[0]))} | "
+                         + " | ".join(cell(late_values(run, c)) for c in columns) + " |")
+        if len(members) > 1:
+            means = [[float(np.mean(late_values(run, c))) for run in members if late_values(run, c)] for c in columns]
+            lines.append(f"| **{name}** | mean of {len(members)} runs ± s.e. over runs | | | "
+                         + " | ".join(cell(values) for values in means) + " |")
+    return "\n".join(lines)
+
+
 def plot_profiles(runs: list[Run], group_by: str = "exp_name", record_index: int = -1, reps: int = REPS, seed: int = SEED):
     """Performance profiles (Agarwal et al. 2021): for every threshold tau, the fraction of a group's runs whose
     final score is above tau, with a 95% bootstrap band; one axis per episode's return, and the NMI of the groups
@@ -564,6 +624,19 @@ class Table(Statistics):
 
 
 @dataclass
+class Late:
+    """Markdown table of late averages (the evaluations in the last 20% of frames) with their standard errors."""
+    runs: tyro.conf.Positional[list[str]] = field(default_factory=list)
+    """run folders"""
+    group_by: str = "exp_name"
+    """argument that groups runs"""
+    late: float = 0.8
+    """the late window starts at this fraction of each run's last frame"""
+    out: Optional[str] = None
+    """also write the table to this file"""
+
+
+@dataclass
 class Compare:
     """Markdown table: the probability that group A improves on group B, per env, with 95% bootstrap CIs."""
     a: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="A")]
@@ -645,7 +718,7 @@ Command = Union[
     Annotated[Schedules, tyro.conf.subcommand("schedules")], Annotated[Table, tyro.conf.subcommand("table")],
     Annotated[Compare, tyro.conf.subcommand("compare")], Annotated[Profiles, tyro.conf.subcommand("profiles")],
     Annotated[Clusters, tyro.conf.subcommand("clusters")], Annotated[Weights, tyro.conf.subcommand("weights")],
-    Annotated[Slim, tyro.conf.subcommand("slim")],
+    Annotated[Slim, tyro.conf.subcommand("slim")], Annotated[Late, tyro.conf.subcommand("late")],
 ]
 
 
@@ -655,9 +728,11 @@ def main(command) -> Optional[str]:
         return slim_run(command.run, command.out)
     if command.out:  # a new folder in --out is made, as the training scripts make runs/
         os.makedirs(os.path.dirname(command.out) or ".", exist_ok=True)
-    if isinstance(command, (Table, Compare)):
+    if isinstance(command, (Table, Compare, Late)):
         runs = load_runs(command.runs)
-        if isinstance(command, Table):
+        if isinstance(command, Late):
+            text = late_table(runs, command.group_by, command.late)
+        elif isinstance(command, Table):
             text = results_table(runs, command.group_by, -1, command.stat, command.reps, command.bootstrap_seed)
         else:
             text = comparison_table(runs, command.a, command.b, command.group_by, command.record, command.reps,

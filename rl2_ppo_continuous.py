@@ -56,6 +56,8 @@ class Args:
     """if toggled, save a checkpoint (runs/<run_name>/<exp_name>.pt) at every evaluation"""
     eval_every: int = 25
     """meta-test evaluation every this many iterations (and before training and at the end)"""
+    eval_trials: int = 1
+    """trials per test task in each evaluation (each with its own reset noise; the 32 test tasks stay the protocol)"""
     checkpoint_every: int = 100
     """write runs/<run_name>/resume.pt (everything --resume needs) every this many iterations"""
     resume: Optional[str] = None
@@ -116,6 +118,10 @@ class Args:
     """coefficient of the value function"""
     max_grad_norm: float = 0.5
     """the maximum norm for the gradient clipping"""
+    clip_vloss: bool = True
+    """toggles the clipped value loss (by clip_coef, as the authors and CleanRL); --no-clip-vloss: unclipped"""
+    init_logstd: float = 0.0
+    """initial log-std of the Gaussian policy (0 = std 1, the authors')"""
 
     # to be filled in runtime
     trial_length: int = 0
@@ -162,7 +168,9 @@ def make_env(args: Args, num_envs: int, seed: int) -> gym.vector.VectorEnv:
     space, unit = envs.single_action_space, np.ones(envs.single_action_space.shape, dtype=np.float32)
     if not (np.array_equal(space.low, -unit) and np.array_equal(space.high, unit)):  # Humanoid's +-0.4
         envs = gym.wrappers.vector.RescaleAction(envs, -unit, unit)
-    return gym.wrappers.vector.ClipAction(envs)
+    # no ClipAction: the env charges its control cost on the action the policy sent and MuJoCo clamps the control to
+    # the model's ctrlrange, as the authors' envs did (a clipped action made a wide policy free; docs/antgoal.md)
+    return envs
 
 
 def layer_init(layer, std=np.sqrt(2), bias_const=0.0):
@@ -199,7 +207,7 @@ class RL2Agent(nn.Module):
         self.embed_action = nn.Sequential(layer_init(nn.Linear(action_dim, action_embed)), nn.ReLU())
         self.embed_state = nn.Sequential(layer_init(nn.Linear(obs_dim, state_embed)), nn.ReLU())
         self.embed_reward = nn.Sequential(layer_init(nn.Linear(1, reward_embed)), nn.ReLU())
-        self.gru = nn.GRU(action_embed + state_embed + reward_embed + 1, args.gru_hidden_size)
+        self.gru = nn.GRU(action_embed + state_embed + reward_embed + 2, args.gru_hidden_size)
         self.obs_dim = obs_dim
         for name, param in self.gru.named_parameters():
             if "bias" in name:
@@ -208,14 +216,14 @@ class RL2Agent(nn.Module):
                 nn.init.orthogonal_(param, 1.0)
         self.critic = mlp(args.gru_hidden_size, args.policy_layers, 1, out_std=1.0)
         self.actor_mean = mlp(args.gru_hidden_size, args.policy_layers, action_dim, out_std=0.01)
-        self.actor_logstd = nn.Parameter(torch.zeros(1, action_dim))
+        self.actor_logstd = nn.Parameter(torch.full((1, action_dim), args.init_logstd))
 
     def forward(self, inputs, hidden, action=None, deterministic=False):
         """inputs (T, B, in) from hidden (B, H) -> action, logprob, entropy, value (each (T, B[, A])), new hidden."""
-        action_dim = inputs.shape[-1] - self.obs_dim - 2
-        obs, prev_action, prev_reward, episode_start = inputs.split([self.obs_dim, action_dim, 1, 1], -1)
+        action_dim = inputs.shape[-1] - self.obs_dim - 3
+        obs, prev_action, prev_reward, flags = inputs.split([self.obs_dim, action_dim, 1, 2], -1)
         embedded = torch.cat([self.embed_action(prev_action), self.embed_state(obs), self.embed_reward(prev_reward),
-                              episode_start], -1)
+                              flags], -1)
         features, hidden = self.gru(embedded, hidden.unsqueeze(0))
         action_mean = self.actor_mean(features)
         probs = Normal(action_mean, self.actor_logstd.exp().expand_as(action_mean))
@@ -226,17 +234,20 @@ class RL2Agent(nn.Module):
 
 
 def rl2_input(obs, prev_action, prev_reward, step, obs_rms, args, device) -> torch.Tensor:
-    """(normalised s_t, a_{t-1}, r_{t-1}, 1 at the first step of every episode); zeros before the trial's first step."""
+    """(normalised s_t, a_{t-1}, r_{t-1}, 1 at the first step of every episode, the time t / T within the trial);
+    zeros before the trial's first step. The time is our addition: the critic must know whether a reset follows."""
     norm_obs = np.clip((obs - obs_rms.mean) / np.sqrt(obs_rms.var + 1e-8), -10, 10)
     episode_start = torch.full((len(obs), 1), float(step % args.episode_length == 0), device=device)
+    time_feature = torch.full((len(obs), 1), step / ((1 + args.num_exploit_episodes) * args.episode_length),
+                              device=device)
     return torch.cat([torch.as_tensor(norm_obs, dtype=torch.float32, device=device), prev_action,
-                      prev_reward.unsqueeze(-1), episode_start], -1)
+                      prev_reward.unsqueeze(-1), episode_start, time_feature], -1)
 
 
 @torch.no_grad()
 def evaluate(args: Args, agent, obs_rms, eval_envs, split, device) -> dict:
     """Meta-test (meta_test.py): mean actions, the hidden state carried through the trial. No clusters, so no NMI."""
-    num_tasks = len(split.test_tasks)
+    num_tasks = eval_envs.num_envs  # --eval-trials slots per test task
     hidden = torch.zeros(num_tasks, args.gru_hidden_size, device=device)
     prev_action = torch.zeros(num_tasks, eval_envs.single_action_space.shape[0], device=device)
     prev_reward = torch.zeros(num_tasks, device=device)
@@ -282,7 +293,7 @@ if __name__ == "__main__":
     # env setup: the same task split, trials and test tasks as MILET
     split = envs_clustered.make_task_split(args.env_id, seed=args.task_seed)
     envs = make_env(args, args.num_envs, args.seed)
-    eval_envs = make_env(args, len(split.test_tasks), args.seed + 1)
+    eval_envs = make_env(args, len(split.test_tasks) * args.eval_trials, args.seed + 1)
     obs_dim, action_dim = envs.single_observation_space.shape[0], envs.single_action_space.shape[0]
     task_rng = np.random.default_rng(args.seed)
     agent = RL2Agent(obs_dim, action_dim, args).to(device)
@@ -291,7 +302,7 @@ if __name__ == "__main__":
 
     # ALGO Logic: Storage setup for one trial per environment
     T, B = args.trial_length, args.num_envs
-    inputs = torch.zeros((T, B, obs_dim + action_dim + 2), device=device)
+    inputs = torch.zeros((T, B, obs_dim + action_dim + 3), device=device)
     actions = torch.zeros((T, B, action_dim), device=device)
     logprobs, values, rewards = (torch.zeros((T, B), device=device) for _ in range(3))
 
@@ -359,9 +370,11 @@ if __name__ == "__main__":
                     mb_advantages = (mb_advantages - mb_advantages.mean()) / (mb_advantages.std() + 1e-8)
                 clipped_ratio = ratio.clamp(1 - args.clip_coef, 1 + args.clip_coef)
                 pg_loss = torch.max(-mb_advantages * ratio, -mb_advantages * clipped_ratio).mean()
-                v_clipped = values[:, mb] + (newvalue - values[:, mb]).clamp(-args.clip_coef, args.clip_coef)
-                v_loss = 0.5 * torch.max(value_loss_fn(newvalue, returns[:, mb], reduction="none"),
-                                         value_loss_fn(v_clipped, returns[:, mb], reduction="none")).mean()
+                v_loss = value_loss_fn(newvalue, returns[:, mb], reduction="none")
+                if args.clip_vloss:
+                    v_clipped = values[:, mb] + (newvalue - values[:, mb]).clamp(-args.clip_coef, args.clip_coef)
+                    v_loss = torch.max(v_loss, value_loss_fn(v_clipped, returns[:, mb], reduction="none"))
+                v_loss = 0.5 * v_loss.mean()
                 entropy_loss = entropy.mean()
                 loss = pg_loss - args.ent_coef * entropy_loss + v_loss * args.vf_coef
                 meta_test.check_finite({"policy_loss": pg_loss, "value_loss": v_loss}, iteration)

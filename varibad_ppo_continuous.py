@@ -62,6 +62,8 @@ class Args:
     """if toggled, save a checkpoint (runs/<run_name>/<exp_name>.pt) at every evaluation"""
     eval_every: int = 25
     """meta-test evaluation every this many iterations (and before training and at the end)"""
+    eval_trials: int = 1
+    """trials per test task in each evaluation (each with its own reset noise; the 32 test tasks stay the protocol)"""
     checkpoint_every: int = 100
     """write runs/<run_name>/resume.pt (everything --resume needs, trial buffer included) every this many iterations"""
     resume: Optional[str] = None
@@ -144,6 +146,10 @@ class Args:
     """coefficient of the value function"""
     max_grad_norm: float = 0.5
     """the maximum norm for the gradient clipping"""
+    clip_vloss: bool = True
+    """toggles the clipped value loss (by clip_coef, as the authors and CleanRL); --no-clip-vloss: unclipped"""
+    init_logstd: float = 0.0
+    """initial log-std of the Gaussian policy (0 = std 1, the authors') [per env: ENV_DEFAULTS]"""
 
     # to be filled in runtime
     trial_length: int = 0
@@ -190,7 +196,9 @@ def make_env(args: Args, num_envs: int, seed: int) -> gym.vector.VectorEnv:
     space, unit = envs.single_action_space, np.ones(envs.single_action_space.shape, dtype=np.float32)
     if not (np.array_equal(space.low, -unit) and np.array_equal(space.high, unit)):  # Humanoid's +-0.4
         envs = gym.wrappers.vector.RescaleAction(envs, -unit, unit)
-    return gym.wrappers.vector.ClipAction(envs)
+    # no ClipAction: the env charges its control cost on the action the policy sent and MuJoCo clamps the control to
+    # the model's ctrlrange, as the authors' envs did (a clipped action made a wide policy free; docs/antgoal.md)
+    return envs
 
 
 def layer_init(layer, std=np.sqrt(2), bias_const=0.0):
@@ -210,11 +218,11 @@ def mlp(in_dim: int, hidden: tuple[int, ...], out_dim: int, out_std: float) -> n
 class Agent(nn.Module):
     """The PPO actor-critic on policy_input: [normalised state, latent mean, latent log-variance]."""
 
-    def __init__(self, input_dim: int, action_dim: int, hidden: tuple[int, ...]):
+    def __init__(self, input_dim: int, action_dim: int, hidden: tuple[int, ...], init_logstd: float = 0.0):
         super().__init__()
         self.critic = mlp(input_dim, hidden, 1, out_std=1.0)
         self.actor_mean = mlp(input_dim, hidden, action_dim, out_std=0.01)
-        self.actor_logstd = nn.Parameter(torch.zeros(1, action_dim))  # state-independent, initialised to log 1
+        self.actor_logstd = nn.Parameter(torch.full((1, action_dim), init_logstd))  # state-independent
 
     def get_action_and_value(self, x, action=None, deterministic=False):
         action_mean = self.actor_mean(x)
@@ -253,9 +261,11 @@ def ppo_update(agent, optimizer, inputs, actions, logprobs, advantages, returns,
                 mb_advantages = (mb_advantages - mb_advantages.mean()) / (mb_advantages.std() + 1e-8)
             clipped_ratio = ratio.clamp(1 - args.clip_coef, 1 + args.clip_coef)
             pg_loss = torch.max(-mb_advantages * ratio, -mb_advantages * clipped_ratio).mean()
-            v_clipped = values[mb] + (newvalue - values[mb]).clamp(-args.clip_coef, args.clip_coef)
-            v_loss = 0.5 * torch.max(value_loss_fn(newvalue, returns[mb], reduction="none"),
-                                     value_loss_fn(v_clipped, returns[mb], reduction="none")).mean()
+            v_loss = value_loss_fn(newvalue, returns[mb], reduction="none")
+            if args.clip_vloss:
+                v_clipped = values[mb] + (newvalue - values[mb]).clamp(-args.clip_coef, args.clip_coef)
+                v_loss = torch.max(v_loss, value_loss_fn(v_clipped, returns[mb], reduction="none"))
+            v_loss = 0.5 * v_loss.mean()
             entropy_loss = entropy.mean()
             loss = pg_loss - args.ent_coef * entropy_loss + v_loss * args.vf_coef
             meta_test.check_finite({"policy_loss": pg_loss, "value_loss": v_loss}, iteration)
@@ -331,11 +341,13 @@ class VariBADVAE(nn.Module):
         return {"reward_reconstruction": reward_rec, "state_reconstruction": state_rec, "kl": kl, "total": total}
 
 
-def policy_input(obs, belief, obs_rms, device) -> torch.Tensor:
-    """pi(a | s, q(m | tau_:t)): the normalised state and the belief, [latent mean, latent log-variance] (no cluster
-    probabilities), or with --oracle the true task parameters."""
+def policy_input(obs, step: int, belief, obs_rms, args: Args, device) -> torch.Tensor:
+    """pi(a | s, t, q(m | tau_:t)): the normalised state, the time t / T within the trial (our addition: without it
+    the critic cannot tell whether a reset follows, and the same state has value targets that differ by episode), and
+    the belief, [latent mean, latent log-variance] (no cluster probabilities), or with --oracle the true task."""
     norm_obs = np.clip((obs - obs_rms.mean) / np.sqrt(obs_rms.var + 1e-8), -10, 10)
-    return torch.cat([torch.as_tensor(norm_obs, dtype=torch.float32, device=device), belief], -1)
+    time_feature = belief.new_full((len(obs), 1), step / ((1 + args.num_exploit_episodes) * args.episode_length))
+    return torch.cat([torch.as_tensor(norm_obs, dtype=torch.float32, device=device), time_feature, belief], -1)
 
 
 def task_tensor(tasks, device) -> torch.Tensor:
@@ -346,14 +358,18 @@ def task_tensor(tasks, device) -> torch.Tensor:
 @torch.no_grad()
 def evaluate(args: Args, vae, agent, obs_rms, eval_envs, split, device) -> dict:
     """Meta-test (meta_test.py) with mean actions and the posterior mean's belief. No clusters, so no NMI."""
-    hidden, mean, logvar = vae.initial_belief(len(split.test_tasks), device)
+    hidden, mean, logvar = vae.initial_belief(eval_envs.num_envs, device)
+    tasks = task_tensor(meta_test.eval_tasks(split, eval_envs.num_envs)[0], device)
 
     def act(obs, step):
-        belief = task_tensor(split.test_tasks, device) if args.oracle else torch.cat([mean, logvar], -1)
-        return agent.get_action_and_value(policy_input(obs, belief, obs_rms, device), deterministic=True)[0]
+        belief = tasks if args.oracle else torch.cat([mean, logvar], -1)
+        return agent.get_action_and_value(policy_input(obs, step, belief, obs_rms, args, device),
+                                          deterministic=True)[0]
 
     def observe(action, next_state, reward, step):
         nonlocal hidden, mean, logvar
+        if args.oracle:  # the oracle's belief is the true task: no encoder to run
+            return None
         new_mean, new_logvar, hidden = vae.encode(action[None], next_state[None], reward[None], hidden)
         mean, logvar = new_mean[0], new_logvar[0]
         return None
@@ -388,12 +404,12 @@ if __name__ == "__main__":
     # env setup: the same task split, trials and test tasks as MILET
     split = envs_clustered.make_task_split(args.env_id, seed=args.task_seed)
     envs = make_env(args, args.num_envs, args.seed)
-    eval_envs = make_env(args, len(split.test_tasks), args.seed + 1)
+    eval_envs = make_env(args, len(split.test_tasks) * args.eval_trials, args.seed + 1)
     obs_dim, action_dim = envs.single_observation_space.shape[0], envs.single_action_space.shape[0]
     task_rng = np.random.default_rng(args.seed)
     vae = VariBADVAE(obs_dim, action_dim, args).to(device)
     belief_dim = split.train_tasks.shape[1] if args.oracle else 2 * args.latent_dim
-    agent = Agent(obs_dim + belief_dim, action_dim, args.policy_layers).to(device)
+    agent = Agent(obs_dim + 1 + belief_dim, action_dim, args.policy_layers, args.init_logstd).to(device)
     vae_optimizer = optim.Adam(vae.parameters(), lr=args.vae_lr)
     optimizer = optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-8)
     buffer = TrialBuffer(args.vae_buffer_size, 1 + args.num_exploit_episodes, H, obs_dim, action_dim)
@@ -401,7 +417,7 @@ if __name__ == "__main__":
 
     # ALGO Logic: Storage setup for one trial per environment
     T, B = args.trial_length, args.num_envs
-    inputs = torch.zeros((T, B, obs_dim + belief_dim), device=device)
+    inputs = torch.zeros((T, B, obs_dim + 1 + belief_dim), device=device)
     actions = torch.zeros((T, B, action_dim), device=device)
     logprobs, values, rewards = (torch.zeros((T, B), device=device) for _ in range(3))
     states, next_states = torch.zeros((T, B, obs_dim), device=device), torch.zeros((T, B, obs_dim), device=device)
@@ -438,17 +454,19 @@ if __name__ == "__main__":
                 obs_rms.update(obs)
                 belief = (task_tensor(reset_info["task"], device) if args.oracle
                           else torch.cat([latent_mean, latent_logvar], -1))
-                inputs[step] = policy_input(obs, belief, obs_rms, device)
+                inputs[step] = policy_input(obs, step, belief, obs_rms, args, device)
                 action, logprobs[step], _, values[step] = agent.get_action_and_value(inputs[step])
                 actions[step] = action
                 states[step] = torch.as_tensor(obs, dtype=torch.float32, device=device)
                 obs, reward, _, _, info = envs.step(action.cpu().numpy())
                 next_states[step] = torch.as_tensor(np.stack(info["next_state"]), dtype=torch.float32, device=device)
                 rewards[step] = torch.as_tensor(reward, dtype=torch.float32, device=device)
-                latent_mean, latent_logvar, hidden = vae.encode(action[None], next_states[step][None],
-                                                                rewards[step][None], hidden)
-                latent_mean, latent_logvar = latent_mean[0], latent_logvar[0]
-        buffer.add(states, actions, rewards, next_states)
+                if not args.oracle:  # the oracle trains no VAE: no belief, no trial buffer
+                    latent_mean, latent_logvar, hidden = vae.encode(action[None], next_states[step][None],
+                                                                    rewards[step][None], hidden)
+                    latent_mean, latent_logvar = latent_mean[0], latent_logvar[0]
+        if not args.oracle:
+            buffer.add(states, actions, rewards, next_states)
 
         # ALGO LOGIC: PPO on the whole trial (the objective is every episode's return), rewards scaled as MILET
         discounted = torch.zeros_like(rewards)

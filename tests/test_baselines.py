@@ -92,7 +92,7 @@ def test_baselines_and_milet_share_the_untrained_protocol(tmp_path):
     runs = plots.load_runs([only_run_dir(tmp_path / name) for name in ("milet", "varibad", "rl2")])
     table = plots.results_table(runs)
     assert table.count("n/a (no clusters)") == 2 and "milet_ppo_continuous" in table
-    nmi_axis = plots.plot_curves(runs).axes[-1]
+    nmi_axis = next(ax for ax in plots.plot_curves(runs).axes if ax.get_title().startswith("NMI"))
     # only MILET draws an NMI curve; the dashed ceiling is a reference line, not a method
     assert [line.get_label().split(" (")[0] for line in nmi_axis.get_lines()] == ["milet_ppo_continuous", "ceiling"]
 
@@ -120,7 +120,8 @@ def test_rl2_sequence_rerun_reproduces_the_rollout():
             action, logprob, _, value, hidden = agent(x.unsqueeze(0), hidden)
             inputs.append(x), actions.append(action[0]), logprobs.append(logprob[0]), values.append(value[0])
             prev_action, prev_reward = action[0], torch.as_tensor(rng.normal(size=3), dtype=torch.float32)
-        assert [x[0, -1].item() for x in inputs] == [1, 0, 0, 0, 1, 0, 0, 0]  # episode-start flag
+        assert [x[0, -2].item() for x in inputs] == [1, 0, 0, 0, 1, 0, 0, 0]  # episode-start flag
+        assert [x[0, -1].item() for x in inputs] == [t / 8 for t in range(8)]  # the time t / T within the trial
         _, new_logprob, _, new_value, _ = agent(torch.stack(inputs), torch.zeros(3, args.gru_hidden_size), torch.stack(actions))
     torch.testing.assert_close(new_logprob, torch.stack(logprobs))
     torch.testing.assert_close(new_value, torch.stack(values))
@@ -138,4 +139,5 @@ def test_varibad_oracle_sees_the_true_task_and_trains_no_vae(tmp_path, env_id):
     assert "losses/policy_loss" in tags and not any(tag.startswith("losses/vae_") for tag in tags)
     obs_dim = envs_clustered.make_env(env_id).observation_space.shape[0]
     policy = torch.load(os.path.join(run_dir, "resume.pt"), weights_only=False)["agent"]
-    assert policy["critic.0.weight"].shape[1] == obs_dim + split.train_tasks.shape[1]  # state + true task, no latent
+    # state, time t / T and the true task, no latent
+    assert policy["critic.0.weight"].shape[1] == obs_dim + 1 + split.train_tasks.shape[1]

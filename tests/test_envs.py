@@ -297,7 +297,7 @@ def test_native_mujoco_vector_env_matches_gymnasium(env_id):
         for key in ("task", "cluster", "episode_index", "episode_start"):
             np.testing.assert_array_equal(info[key], ref_info[key])
         for t in range(2 * h):
-            actions = rng.uniform(low, high, (n, len(low))).astype(np.float32)
+            actions = rng.uniform(1.5 * low, 1.5 * high, (n, len(low))).astype(np.float32)  # also outside the box
             ref_out, out = reference.step(actions), native.step(actions)
             for got, want in zip(out[:4], ref_out[:4]):
                 np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
@@ -331,16 +331,16 @@ def test_nmi_ceiling_and_point_goal_oracle_references():
 
 def test_humanoid_policy_acts_in_unit_box_rescaled_to_the_env():
     """The policies act in [-1, 1] and the training script's make_env rescales to Humanoid's +-0.4 box (the authors'
-    policies did the same); without it, std-1 Gaussian actions clipped to +-0.4 saturate 69% of the components."""
+    policies did the same); without it, std-1 Gaussian actions clipped to +-0.4 saturate 69% of the components.
+    Nothing clips the action: MuJoCo clamps the control to ctrlrange, and the env charges the cost on what was sent."""
     import milet_ppo_continuous as milet
     args = milet.parse_args(["--env-id", "HumanoidDir", "--num-envs", "2", "--num-minibatches", "1",
                              "--episode-length", "3"])
     envs = milet.make_env(args, 2, seed=0)
-    unit_box = envs.env.single_action_space  # ClipAction (outer) takes any action, RescaleAction maps [-1, 1]
-    assert (unit_box.low == -1).all() and (unit_box.high == 1).all()
+    assert isinstance(envs, gym.wrappers.vector.RescaleAction)
+    assert (envs.single_action_space.low == -1).all() and (envs.single_action_space.high == 1).all()
     assert envs.unwrapped.single_action_space.high.max() == np.float32(0.4)
-    to_env = lambda a: envs.env.actions(envs.actions(a))  # noqa: E731  what the env receives: clip, then rescale
-    np.testing.assert_allclose(to_env(np.full((2, 17), 0.5, np.float32)), 0.2, rtol=1e-6)
-    np.testing.assert_allclose(to_env(np.full((2, 17), 3.0, np.float32)), 0.4, rtol=1e-6)  # clipped at 1 first
+    np.testing.assert_allclose(envs.actions(np.full((2, 17), 0.5, np.float32)), 0.2, rtol=1e-6)
+    np.testing.assert_allclose(envs.actions(np.full((2, 17), 3.0, np.float32)), 1.2, rtol=1e-6)  # not clipped
     ant = milet.parse_args(["--env-id", "AntGoal"])
-    assert not isinstance(milet.make_env(ant, 2, seed=0).env, gym.wrappers.vector.RescaleAction)  # already [-1, 1]
+    assert isinstance(milet.make_env(ant, 2, seed=0), E.MujocoVectorEnv)  # already [-1, 1]: no wrapper at all

@@ -38,12 +38,21 @@ def test_curves_plot_the_mean_over_seeds_of_what_was_logged(runs, tmp_path):
     seeds = [records(runs["seed1"]), records(runs["seed2"])]
     axes = fig.axes
     assert [ax.get_title() for ax in axes] == ["episode 1 (exploration)", "episode 2 (exploitation)",
-                                               "NMI at the end of the exploration episode"]
-    for ax, key in zip(axes, ["return_episode_1", "return_episode_2", "nmi_end_of_exploration"]):
+                                               "NMI at the end of the exploration episode",
+                                               "episode 1: median final distance to the goal",
+                                               "episode 2: median final distance to the goal", ""]
+    for ax, key in zip(axes, ["return_episode_1", "return_episode_2", "nmi_end_of_exploration",
+                              "final_distance_episode_1_median", "final_distance_episode_2_median"]):
         milet_line = next(line for line in ax.lines if line.get_label().startswith("milet_ppo_continuous"))
         np.testing.assert_allclose(milet_line.get_xdata(), [r["global_step"] for r in seeds[0]])
         np.testing.assert_allclose(milet_line.get_ydata(), np.mean([[r[key] for r in s] for s in seeds], axis=0))
         assert any(line.get_label().startswith("ablation (n=1)") for line in ax.lines)
+    # a group of one run: its band is +-1 standard error of the mean return over the test tasks
+    ablation = records(runs["ablation"])
+    band = axes[1].collections[-1].get_paths()[0].vertices[:, 1]
+    sem_low = [r["return_episode_2"] - r["return_episode_2_sem"] for r in ablation]
+    sem_high = [r["return_episode_2"] + r["return_episode_2_sem"] for r in ablation]
+    np.testing.assert_allclose([band.min(), band.max()], [min(sem_low), max(sem_high)], rtol=1e-6)
     # the references, dashed: PointGoal's oracle and the untrained policy beside the returns, the ceiling beside NMI
     last, untrained = seeds[0][-1], records(runs["ablation"])[0]  # iteration 0 of all three runs: their mean
     untrained = [np.mean([r[0][f"return_episode_{k}"] for r in (*seeds, [untrained])]) for k in (1, 2)]
@@ -168,6 +177,22 @@ def test_bad_input_is_one_line_without_traceback(runs, tmp_path):
         result = subprocess.run([sys.executable, PLOTS, *args], capture_output=True, text=True, cwd=ROOT, timeout=300)
         assert result.returncode != 0 and message in result.stderr, (args, result.stderr)
         assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_late_table_is_the_late_mean_and_its_standard_error(runs):
+    """plots.py late: per run, the mean over the evaluations in the last 20% of frames +- their standard error; per
+    group of several runs, the mean of the runs' late averages +- the standard error over the runs."""
+    table = plots.late_table(plots.load_runs([runs["seed1"], runs["seed2"]]), late=0.5)
+    lates = []
+    for name in ("seed1", "seed2"):
+        rs = records(runs[name])
+        late = [r["return_episode_2"] for r in rs if r["global_step"] >= 0.5 * rs[-1]["global_step"]]
+        lates.append(np.mean(late))
+        row = next(line for line in table.splitlines() if os.path.basename(runs[name]) in line)
+        assert f"{np.mean(late):.1f} ± {np.std(late, ddof=1) / np.sqrt(len(late)):.1f}" in row
+        assert f"| {len(late)} |" in row
+    group = next(line for line in table.splitlines() if "mean of 2 runs" in line)
+    assert f"{np.mean(lates):.1f} ± {np.std(lates, ddof=1) / np.sqrt(2):.1f}" in group
 
 
 def test_slim_copy_keeps_every_number_and_the_last_traces(runs, tmp_path):

@@ -1,0 +1,147 @@
+"""The PPO core that MILET, VariBAD (and its --oracle) and RL2 share, and what the evaluation reports of it (issue 24):
+the control cost is charged on the action the policy sent, the initial log-std and the clipped value loss are flags,
+the baselines' critics see the time within the trial, and every evaluation logs the final distance to the goal and
+the standard error of its mean return, over one or several trials per test task."""
+import numpy as np
+import pytest
+import torch
+from gymnasium.wrappers.utils import RunningMeanStd
+
+import envs_clustered
+import meta_test
+import milet_ppo_continuous as milet
+import rl2_ppo_continuous as rl2
+import varibad_ppo_continuous as varibad
+
+SCRIPTS = {"milet": milet, "varibad": varibad, "rl2": rl2}
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+@pytest.mark.parametrize("env_id, cost", [("AntGoal", 0.01), ("HopperRandParams", 1e-3)])
+def test_the_control_cost_is_charged_on_the_action_the_policy_sent(script, env_id, cost):
+    """a = 3 and a = 1 drive the same physics (MuJoCo clamps the control to ctrlrange [-1, 1]), so their rewards
+    differ by the control cost alone: cost * |3|^2 - cost * |1|^2 per component. Before issue 24 a ClipAction wrapper
+    made them equal, and a wide policy cost nothing."""
+    module = SCRIPTS[script]
+    args = module.parse_args(["--env-id", env_id])
+    split = envs_clustered.make_task_split(env_id)
+    rewards, states = {}, {}
+    for a in (1.0, 3.0):
+        envs = module.make_env(args, 2, seed=0)
+        envs.reset(seed=0, options={"tasks": split.train_tasks[:2], "clusters": split.train_clusters[:2]})
+        action_dim = envs.single_action_space.shape[0]
+        _, rewards[a], _, _, info = envs.step(np.full((2, action_dim), a, np.float32))
+        states[a] = info["next_state"]
+    np.testing.assert_allclose(states[3.0], states[1.0], rtol=1e-6)  # the same clamped control
+    np.testing.assert_allclose(rewards[1.0] - rewards[3.0], cost * action_dim * (9 - 1), rtol=1e-5)
+
+
+def test_humanoid_cost_is_on_the_rescaled_unclipped_control():
+    """Humanoid: the policy's a maps to 0.4 a and the v5 cost 0.1 |ctrl|^2 is charged on it, clamped or not."""
+    args = milet.parse_args(["--env-id", "HumanoidDir"])
+    split = envs_clustered.make_task_split("HumanoidDir")
+    envs = milet.make_env(args, 2, seed=0)
+    envs.reset(seed=0, options={"tasks": split.train_tasks[:2], "clusters": split.train_clusters[:2]})
+    envs.step(np.full((2, 17), 2.0, np.float32))
+    np.testing.assert_allclose(envs.unwrapped._gather("ctrl"), 0.8, rtol=1e-6)  # 0.4 * 2, past the box's 0.4
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_initial_log_std_is_the_flag(script):
+    module = SCRIPTS[script]
+    args = module.parse_args(["--init-logstd", "-1.0"])
+    agents = {"milet": lambda: milet.build_models(args, 2, 2, "cpu")[1:],
+              "varibad": lambda: [varibad.Agent(5, 2, args.policy_layers, args.init_logstd)],
+              "rl2": lambda: [rl2.RL2Agent(2, 2, args)]}[script]()
+    for agent in agents:
+        torch.testing.assert_close(agent.actor_logstd.data, torch.full((1, 2), -1.0))
+    assert module.parse_args([]).init_logstd == 0.0  # the authors' std 1 stays the default
+
+
+@pytest.mark.parametrize("clip_vloss", [True, False])
+def test_value_clip_bounds_the_value_step_only_when_asked(clip_vloss):
+    """The stored values sit 0.2 above the critic's output, and the returns 10 below. The clipped branch, stored
+    value - clip_coef, is further from the returns than the critic's output, so the max of the two losses picks it,
+    and it carries no gradient: the critic does not move. --no-clip-vloss takes the plain loss, which moves it."""
+    torch.manual_seed(0)
+    flags = ["--clip-coef", "0.05", "--update-epochs", "1", "--num-minibatches", "1"]
+    args = varibad.parse_args(flags + ([] if clip_vloss else ["--no-clip-vloss"]))
+    agent = varibad.Agent(3, 1, (8,))
+    inputs, actions = torch.randn(64, 3), torch.zeros(64, 1)
+    with torch.no_grad():
+        _, logprobs, _, values = agent.get_action_and_value(inputs, actions)
+    critic_before = [p.clone() for p in agent.critic.parameters()]
+    optimizer = torch.optim.SGD(agent.parameters(), lr=0.1)
+    varibad.ppo_update(agent, optimizer, inputs, actions, logprobs, torch.randn(64), values - 10.0, values + 0.2,
+                       args, 1)
+    moved = sum((p - q).abs().sum().item() for p, q in zip(agent.critic.parameters(), critic_before))
+    assert (moved > 1e-6) == (not clip_vloss)
+
+
+def test_baseline_policies_see_the_time_within_the_trial():
+    """VariBAD's (and the oracle's) policy input ends [..., t / T, belief]; RL2's input carries t / T last."""
+    args = varibad.parse_args(["--episode-length", "10"])
+    obs_rms = RunningMeanStd(shape=(2,))
+    belief = torch.zeros(3, 4)
+    for step in (0, 7, 15):
+        x = varibad.policy_input(np.zeros((3, 2)), step, belief, obs_rms, args, "cpu")
+        assert x.shape == (3, 2 + 1 + 4) and (x[:, 2] == step / 20).all()
+    args = rl2.parse_args(["--episode-length", "10"])
+    x = rl2.rl2_input(np.zeros((3, 2)), torch.zeros(3, 2), torch.zeros(3), 15, obs_rms, args, "cpu")
+    assert (x[:, -1] == 15 / 20).all() and (x[:, -2] == 0).all()
+
+
+@pytest.mark.parametrize("trials", [1, 3])
+def test_evaluation_logs_final_distance_and_standard_error(trials):
+    """A PointGoal policy that never moves ends every episode at the origin: the final distance is |goal| = 2 for
+    every test task, and the standard error is that of the per-task returns over the 32 tasks (the point is
+    deterministic, so every trial of a task scores the same)."""
+    split = envs_clustered.make_task_split("PointGoal")
+    envs = envs_clustered.make_vector_env("PointGoal", 32 * trials, episode_length=10)
+    record = meta_test.evaluate(envs, split, 0, 2, 10, lambda obs, step: torch.zeros(len(obs), 2),
+                                lambda *_: None)
+    per_task = np.array([envs_clustered.goal_reward(np.zeros(2), g) * 10 for g in split.test_tasks])
+    assert record["eval_trials"] == trials and len(record["test_clusters_true"]) == 32 * trials
+    for k in (1, 2):
+        assert record[f"return_episode_{k}"] == pytest.approx(per_task.mean())
+        assert record[f"return_episode_{k}_sem"] == pytest.approx(per_task.std(ddof=1) / np.sqrt(32))
+        assert record[f"final_distance_episode_{k}"] == pytest.approx(2.0)
+        assert record[f"final_distance_episode_{k}_median"] == pytest.approx(2.0)
+    tasks, clusters = meta_test.eval_tasks(split, 32 * trials)
+    np.testing.assert_array_equal(tasks[::trials], split.test_tasks)  # task by task
+    np.testing.assert_array_equal(clusters[::trials], split.test_clusters)
+
+
+def test_final_distance_is_where_each_episode_ends():
+    """A point that walks at full speed towards (1, 0) for 10 steps ends 1 m along x, whatever its goal."""
+    split = envs_clustered.make_task_split("PointGoal")
+    envs = envs_clustered.make_vector_env("PointGoal", 32, episode_length=10)
+    record = meta_test.evaluate(envs, split, 0, 2, 10, lambda obs, step: torch.tensor([[1.0, 0.0]]).repeat(32, 1),
+                                lambda *_: None)
+    distance = np.linalg.norm(split.test_tasks - np.array([1.0, 0.0]), axis=1)
+    assert record["final_distance_episode_1"] == pytest.approx(distance.mean(), rel=1e-5)
+    assert record["final_distance_episode_2_median"] == pytest.approx(np.median(distance), rel=1e-5)
+
+
+def test_no_final_distance_where_there_is_no_goal():
+    split = envs_clustered.make_task_split("HopperRandParams")
+    envs = envs_clustered.make_vector_env("HopperRandParams", 32, episode_length=3, physics_threads=1)
+    record = meta_test.evaluate(envs, split, 0, 2, 3, lambda obs, step: torch.zeros(len(obs), 3), lambda *_: None)
+    assert "return_episode_2_sem" in record and not any(k.startswith("final_distance") for k in record)
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_eval_trials_below_one_is_rejected(script, monkeypatch):
+    import sys
+    monkeypatch.setattr(sys, "argv", [f"{script}.py"])
+    with pytest.raises(SystemExit) as stop:
+        SCRIPTS[script].parse_args(["--eval-trials", "0"])
+    assert "--eval-trials must be >= 1" in str(stop.value.code)
+
+
+def test_milet_ood_eval_needs_one_trial_per_task(monkeypatch):
+    import sys
+    monkeypatch.setattr(sys, "argv", ["milet_ppo_continuous.py"])
+    with pytest.raises(SystemExit) as stop:
+        milet.parse_args(["--ood-eval", "--eval-trials", "2"])
+    assert "--ood-eval scores one trial per task" in str(stop.value.code)
