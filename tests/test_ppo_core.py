@@ -145,3 +145,19 @@ def test_milet_ood_eval_needs_one_trial_per_task(monkeypatch):
     with pytest.raises(SystemExit) as stop:
         milet.parse_args(["--ood-eval", "--eval-trials", "2"])
     assert "--ood-eval scores one trial per task" in str(stop.value.code)
+
+
+@pytest.mark.parametrize("script", ["varibad", "rl2"])
+def test_baselines_take_the_swept_ant_setting_and_keep_the_others(script):
+    """The Ant rows are the oracle sweep's PPO setting (docs/antgoal.md); PointGoal's row is Args' defaults (the
+    learning checks' run), and the other MuJoCo envs keep VariBAD's config, with the authors' std 1."""
+    module = SCRIPTS[script]
+    assert all(set(row) == set(module.ENV_DEFAULTS["AntGoal"]) for row in module.ENV_DEFAULTS.values())
+    assert all(getattr(module.Args(), name) == value for name, value in module.ENV_DEFAULTS["PointGoal"].items())
+    for env_id in ("AntGoal", "AntGoalPartial", "AntU"):
+        args = module.parse_args(["--env-id", env_id])
+        assert (args.learning_rate, args.update_epochs, args.num_minibatches, args.clip_coef, args.ent_coef,
+                args.init_logstd, args.clip_vloss, args.gamma, args.gae_lambda) == (
+            3e-4, 10, 16, 0.2, 0.0, -1.0, False, 0.97, 0.9)
+    hopper = module.parse_args(["--env-id", "HopperRandParams"])
+    assert (hopper.update_epochs, hopper.num_minibatches, hopper.clip_coef, hopper.init_logstd) == (2, 1, 0.05, 0.0)
