@@ -44,7 +44,8 @@ Deviations from the paper / the authors' code (all deliberate)
 * AntU task *splits* are stratified: slot cluster k draws s ~ U(0.5k, 0.5(k+1)), so the union is
   still U(0, 2) but the split is balanced like the other envs.
 * PointGoal is not in the paper; it is Ant's reward without contact cost, for quick experiments.
-  Its control cost uses the clipped action (Ant's uses the raw action, as gymnasium does).
+  Its control cost uses the clipped action; the MuJoCo envs charge theirs on the raw action the policy sent (MuJoCo
+  clamps the control to ctrlrange), as gymnasium and the authors' envs do: the training scripts do not clip.
 """
 
 from __future__ import annotations

@@ -121,7 +121,7 @@ class Args:
 
     # PPO
     learning_rate: float = 1e-3
-    """policy learning rate (VariBAD's AntGoal config and MILET's PointGoal preset) [per env: ENV_DEFAULTS]"""
+    """policy learning rate (Ant: the oracle sweep's; else VariBAD's or the PointGoal preset) [per env: ENV_DEFAULTS]"""
     anneal_lr: bool = True
     """toggle learning rate annealing"""
     policy_layers: tuple[int, ...] = (128, 128)
