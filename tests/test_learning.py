@@ -16,7 +16,8 @@ Each check averages the evaluations in the last 20% of training (iterations 500,
 Calibration: seeds of these exact commands with one thread (`python benchmarks/calibrate_learning_check.py
 --method M --seeds 1 2 3` repeats it): MILET seeds 1-3 and VariBAD seed 1 re-measured on 2026-12-01 after the CBVI
 decoder's prefix-by-prefix gradient (cbvi._PrefixByPrefix: the same maths, another floating-point summation order,
-so other numbers from the same seed), RL2 seeds 1-5 (its PointGoal code path did not change). CALIBRATION holds the
+so other numbers from the same seed), RL2 seeds 1-5; VariBAD seed 1 and RL2 seed 1 again after issue 24 gave their
+policies the time t / T (MILET's PointGoal numbers did not change: the same eval.jsonl values before and after). CALIBRATION holds the
 measured figures; each gain threshold sits below half of the lowest seed of its method, and every MILET seed
 clusters above NMI_THRESHOLD. CHECKED_SEED is, per method, a calibrated seed that clears its thresholds by a wide
 margin: for MILET seed 2 (gain 145.8, NMI 0.558) since 2026-12-01, as seed 1 (111.9, 0.377) now clears the NMI
@@ -40,11 +41,13 @@ CALIBRATION = {  # method: {seed: (late-average episode-2 gain, late-average NMI
     # measured 2026-12-01 on the 2-core CPU with the prefix-by-prefix decoder gradient (commit 35c62f2; before it,
     # commit ca43d00 of 2026-11-26 gave 175.0 / 0.508, 180.6 / 0.322, 98.4 / 0.501)
     "milet": {1: (111.9, 0.377), 2: (145.8, 0.558), 3: (96.2, 0.432)},
-    # VariBAD seed 1 re-measured 2026-12-01 with the prefix-by-prefix decoder gradient (121.5 on the float16 buffer
-    # before it); seeds 2-5 on the earlier float32 buffer gave 165.0, 141.8, 156.3 and 151.9
-    "varibad": {1: (162.7, None)},
-    # RL2's PointGoal code path is unchanged since its calibration (2026-11-25): no buffer, no rescaling
-    "rl2": {1: (122.5, None), 2: (133.4, None), 3: (175.7, None), 4: (45.3, None), 5: (132.4, None)},
+    # VariBAD seed 1 re-measured 2026-12-01 with the time input t / T of issue 24 (162.7 without it, 121.5 on the
+    # float16 buffer before that); seeds 2-5 on the earlier float32 buffer, without t / T, gave 165.0, 141.8, 156.3
+    # and 151.9
+    "varibad": {1: (192.7, None)},
+    # RL2 seed 1 re-measured 2026-12-01 with the time input t / T of issue 24 (122.5 without it); seeds 2-5 are the
+    # calibration of 2026-11-25, without t / T
+    "rl2": {1: (137.3, None), 2: (133.4, None), 3: (175.7, None), 4: (45.3, None), 5: (132.4, None)},
 }
 EPISODE_2_GAIN_THRESHOLD = {"milet": 30.0, "varibad": 30.0, "rl2": 20.0}  # RL2 seed 4 learns late: gain 45.3
 CHECKED_SEED = {"milet": 2, "varibad": 1, "rl2": 1, "pearl": 1}  # the seed each check runs
