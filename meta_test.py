@@ -132,6 +132,8 @@ def check_trial_args(args, more_positive_flags: tuple = ()) -> None:
                  "physics_threads", "torch_threads", *more_positive_flags):
         if getattr(args, flag) < 1:
             exit_with_error(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
+    if getattr(args, "target_kl", None) is not None and not args.target_kl > 0:
+        exit_with_error(f"--target-kl must be > 0 (or left unset), got {args.target_kl}")
     if args.async_envs and args.env_id == "PointGoal":
         exit_with_error("--async-envs is for the MuJoCo envs; PointGoal is already one batched numpy env")
     if args.num_envs < 1 or args.num_envs % args.num_minibatches:

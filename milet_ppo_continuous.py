@@ -199,6 +199,8 @@ class Args:
     """toggles the clipped value loss (by clip_coef, as the authors and CleanRL); --no-clip-vloss: unclipped"""
     init_logstd: float = 0.0
     """initial log-std of both Gaussian policies (0 = std 1, the authors')"""
+    target_kl: Optional[float] = None
+    """stop an update at the first minibatch whose approximate KL to the rollout policy exceeds this (None: never)"""
 
     # to be filled in runtime
     trial_length: int = 0
@@ -360,8 +362,10 @@ def ppo_update(agent, optimizer, inputs, actions, logprobs, advantages, returns,
     """CleanRL's PPO update on one policy's flat batch, with the authors' Huber clipped value loss."""
     value_loss_fn = F.smooth_l1_loss if args.huber_value_loss else F.mse_loss
     minibatch_size = len(inputs) // args.num_minibatches
-    clipfracs = []
+    clipfracs, steps, stop = [], 0, False
     for epoch in range(args.update_epochs):
+        if stop:
+            break
         for mb in torch.randperm(len(inputs)).split(minibatch_size):
             _, newlogprob, entropy, newvalue = agent.get_action_and_value(inputs[mb], actions[mb])
             logratio = newlogprob - logprobs[mb]
@@ -369,6 +373,10 @@ def ppo_update(agent, optimizer, inputs, actions, logprobs, advantages, returns,
             with torch.no_grad():
                 approx_kl = ((ratio - 1) - logratio).mean()
                 clipfracs.append(((ratio - 1.0).abs() > args.clip_coef).float().mean().item())
+            if args.target_kl is not None and approx_kl > args.target_kl:
+                stop = True  # the policy has moved far enough from the one that collected the data: end the update
+                break
+            steps += 1
             mb_advantages = advantages[mb]
             if args.norm_adv:
                 mb_advantages = (mb_advantages - mb_advantages.mean()) / (mb_advantages.std() + 1e-8)
@@ -387,7 +395,7 @@ def ppo_update(agent, optimizer, inputs, actions, logprobs, advantages, returns,
             nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
             optimizer.step()
     return {"policy_loss": pg_loss.item(), "value_loss": v_loss.item(), "entropy": entropy_loss.item(),
-            "approx_kl": approx_kl.item(), "clipfrac": float(np.mean(clipfracs))}
+            "approx_kl": approx_kl.item(), "clipfrac": float(np.mean(clipfracs)), "update_steps": steps}
 
 
 def exploration_rewards(cluster_probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -216,12 +216,14 @@ def plot_curves(runs: list[Run], group_by: str = "exp_name", stat: Stat = "iqm",
     keys = _episode_keys(runs)
     distance_keys = [f"final_distance_episode_{k[len('return_episode_'):]}_median" for k in keys]
     has_distance = all(key in run.records[0] for run in runs for key in distance_keys)
-    rows = 2 if has_distance else 1
-    fig, axes = plt.subplots(rows, len(keys) + 1, figsize=(4.5 * (len(keys) + 1), 3.6 * rows), squeeze=False)
-    panels = list(zip(axes[0], keys + ["nmi_end_of_exploration"]))
+    has_nmi = any("nmi_end_of_exploration" in run.records[0] for run in runs)  # methods without clusters log none
+    rows, columns = (2 if has_distance else 1), len(keys) + has_nmi
+    fig, axes = plt.subplots(rows, columns, figsize=(4.5 * columns, 3.6 * rows), squeeze=False)
+    panels = list(zip(axes[0], keys + ["nmi_end_of_exploration"] * has_nmi))
     if has_distance:
         panels += list(zip(axes[1], distance_keys))
-        axes[1][-1].axis("off")
+        if has_nmi:
+            axes[1][-1].axis("off")
     for group_index, (name, members) in enumerate(groups.items()):
         # the band needs every run at every point: keep the evaluation steps that all runs of the group share
         steps = sorted(set.intersection(*({r["global_step"] for r in run.records} for run in members)))

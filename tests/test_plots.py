@@ -209,3 +209,14 @@ def test_slim_copy_keeps_every_number_and_the_last_traces(runs, tmp_path):
     np.testing.assert_allclose(plots.plot_curves(plots.load_runs([str(out)])).axes[1].lines[0].get_ydata(),
                                [r["return_episode_2"] for r in full])
 
+
+
+def test_curves_of_runs_without_clusters_have_no_nmi_panel():
+    """A committed AntGoal oracle run (docs/run_data, no clusters): returns and final distances, no empty NMI axis."""
+    run = os.path.join(ROOT, "docs", "run_data", "antgoal", "sweep", "r1_default")
+    axes = plots.plot_curves(plots.load_runs([run])).axes
+    assert [ax.get_title() for ax in axes] == ["episode 1 (exploration)", "episode 2 (exploitation)",
+                                               "episode 1: median final distance to the goal",
+                                               "episode 2: median final distance to the goal"]
+    np.testing.assert_allclose(axes[3].lines[0].get_ydata(),
+                               [r["final_distance_episode_2_median"] for r in records(run)])

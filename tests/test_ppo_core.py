@@ -157,7 +157,40 @@ def test_baselines_take_the_swept_ant_setting_and_keep_the_others(script):
     for env_id in ("AntGoal", "AntGoalPartial", "AntU"):
         args = module.parse_args(["--env-id", env_id])
         assert (args.learning_rate, args.update_epochs, args.num_minibatches, args.clip_coef, args.ent_coef,
-                args.init_logstd, args.clip_vloss, args.gamma, args.gae_lambda) == (
-            3e-4, 10, 16, 0.2, 0.0, -1.0, False, 0.97, 0.9)
+                args.init_logstd, args.clip_vloss, args.target_kl, args.gamma, args.gae_lambda) == (
+            3e-4, 10, 16, 0.2, 0.0, -1.0, False, 0.02, 0.97, 0.9)
     hopper = module.parse_args(["--env-id", "HopperRandParams"])
-    assert (hopper.update_epochs, hopper.num_minibatches, hopper.clip_coef, hopper.init_logstd) == (2, 1, 0.05, 0.0)
+    assert (hopper.update_epochs, hopper.num_minibatches, hopper.clip_coef, hopper.init_logstd, hopper.target_kl) == (
+        2, 1, 0.05, 0.0, None)
+    assert module.Args().target_kl is None  # PointGoal: no KL stop, as the learning checks were calibrated
+
+
+@pytest.mark.parametrize("script", ["milet", "varibad"])
+def test_target_kl_ends_the_update_once_the_policy_has_moved_that_far(script):
+    """Without --target-kl every epoch runs every minibatch; with a tiny one the update stops at the second minibatch
+    (the first starts at the rollout policy, KL 0), and the policy's KL to the rollout policy stays small."""
+    module = SCRIPTS[script]
+    steps = {}
+    for target in (None, 1e-9):
+        torch.manual_seed(0)
+        flags = ["--update-epochs", "4", "--num-minibatches", "4", "--clip-coef", "0.2"]
+        args = module.parse_args(flags + ([] if target is None else ["--target-kl", str(target)]))
+        agent = module.Agent(3, 2, (16,))
+        inputs, advantages = torch.randn(64, 3), torch.randn(64)
+        with torch.no_grad():
+            actions, logprobs, _, values = agent.get_action_and_value(inputs)
+        optimizer = torch.optim.Adam(agent.parameters(), lr=1e-2)
+        extra = (1e-3,) if script == "milet" else ()  # MILET's update takes each policy's entropy coefficient
+        stats = module.ppo_update(agent, optimizer, inputs, actions, logprobs, advantages, values, values, *extra,
+                                  args, 1)
+        steps[target] = stats["update_steps"]
+    assert steps == {None: 16, 1e-9: 1}
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_target_kl_must_be_positive(script, monkeypatch):
+    import sys
+    monkeypatch.setattr(sys, "argv", [f"{script}.py"])
+    with pytest.raises(SystemExit) as stop:
+        SCRIPTS[script].parse_args(["--target-kl", "0"])
+    assert "--target-kl must be > 0" in str(stop.value.code)
