@@ -65,6 +65,7 @@ def evaluate(eval_envs, split, seed: int, num_episodes: int, episode_length: int
     trials = len(tasks) // num_tasks
     obs, info = eval_envs.reset(seed=seed, options={"tasks": tasks, "clusters": clusters})
     episode_returns, predicted_clusters = np.zeros((num_episodes, len(tasks))), []
+    is_goal = envs_clustered._kind(split.env_id) == "goal"  # the goal envs: the final distance to the goal
     final_distance = np.zeros((num_episodes, len(tasks)))
     xy_trace = [np.stack(info["xy"])] if "xy" in info else None
     for step in range(num_episodes * episode_length):
@@ -80,7 +81,7 @@ def evaluate(eval_envs, split, seed: int, num_episodes: int, episode_length: int
                 predicted_clusters.append(cluster_probs.argmax(-1).cpu().numpy())
             if xy_trace is not None:
                 xy_trace.append(np.stack(info["xy"]))
-        if "xy" in info and (step + 1) % episode_length == 0:  # info["xy"] is the robot's xy after this last step
+        if is_goal and (step + 1) % episode_length == 0:  # info["xy"] is the robot's xy after this last step
             final_distance[episode] = np.linalg.norm(np.stack(info["xy"]) - tasks, axis=-1)
     per_task = episode_returns.reshape(num_episodes, num_tasks, trials).mean(-1)  # each task's mean over trials
     result = {}
@@ -88,7 +89,7 @@ def evaluate(eval_envs, split, seed: int, num_episodes: int, episode_length: int
         result[f"return_episode_{k + 1}"] = float(per_task[k].mean())
         # the standard error of that mean over the test tasks (of each task's mean over its --eval-trials)
         result[f"return_episode_{k + 1}_sem"] = float(per_task[k].std(ddof=1) / np.sqrt(num_tasks))
-    if envs_clustered._kind(split.env_id) == "goal":  # the physical reference: how far from the goal each episode ends
+    if is_goal:  # the physical reference: how far from the goal each episode ends
         for k in range(num_episodes):
             result[f"final_distance_episode_{k + 1}"] = float(final_distance[k].mean())
             result[f"final_distance_episode_{k + 1}_median"] = float(np.median(final_distance[k]))

@@ -426,7 +426,8 @@ if __name__ == "__main__":
     task_rng = np.random.default_rng(args.seed)
     vae = VariBADVAE(obs_dim, action_dim, args).to(device)
     belief_dim = split.train_tasks.shape[1] if args.oracle else 2 * args.latent_dim
-    agent = Agent(obs_dim + 1 + belief_dim, action_dim, args.policy_layers, args.init_logstd).to(device)
+    input_dim = obs_dim + 1 + belief_dim  # policy_input: state, t / T, belief
+    agent = Agent(input_dim, action_dim, args.policy_layers, args.init_logstd).to(device)
     vae_optimizer = optim.Adam(vae.parameters(), lr=args.vae_lr)
     optimizer = optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-8)
     buffer = TrialBuffer(args.vae_buffer_size, 1 + args.num_exploit_episodes, H, obs_dim, action_dim)
@@ -434,7 +435,7 @@ if __name__ == "__main__":
 
     # ALGO Logic: Storage setup for one trial per environment
     T, B = args.trial_length, args.num_envs
-    inputs = torch.zeros((T, B, obs_dim + 1 + belief_dim), device=device)
+    inputs = torch.zeros((T, B, input_dim), device=device)
     actions = torch.zeros((T, B, action_dim), device=device)
     logprobs, values, rewards = (torch.zeros((T, B), device=device) for _ in range(3))
     states, next_states = torch.zeros((T, B, obs_dim), device=device), torch.zeros((T, B, obs_dim), device=device)

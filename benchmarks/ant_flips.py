@@ -1,9 +1,9 @@
 """How often the AntGoal ant ends upside down under an untrained Gaussian policy, by its std (issue 24, cause 2).
 
 Zero-mean Gaussian actions of each std, clipped to the box as MuJoCo's ctrlrange clamps them, for one 100-step
-episode on the first 256 training tasks of the seed-0 split (the native env, reset noise from --seed). Prints, per std, the
-share of ants whose torso's up axis points below the horizon at the last step of the episode, the share that were
-upside down at any step, and the mean episode return. There is no termination and no healthy reward, so an ant that
+episode on the first 256 training tasks of the seed-0 split (the native env, reset noise from --seed). Prints, per
+std, the share of ants whose torso's up axis points below the horizon at the last step of the episode, the share
+that were upside down at any step, and the mean episode return. There is no termination and no healthy reward, so an ant that
 flips stays flipped and scores the standing-still return or worse.
 
     python benchmarks/ant_flips.py                 # std 1 (the authors' initial policy), 0.6, 0.37
