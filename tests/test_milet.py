@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 
@@ -215,3 +216,55 @@ def test_resuming_a_finished_run_changes_none_of_its_files(tmp_path):
     subprocess.run([sys.executable, SCRIPT, "--resume", run_dir], check=True, capture_output=True, cwd=ROOT, timeout=600)
     assert json.load(open(os.path.join(run_dir, "summary.json")))["test_return_episode_2"] == \
         json.loads(before["summary.json"])["test_return_episode_2"]
+
+
+def test_rollouts_feed_the_policies_the_argmax_belief_as_evaluation_does(tmp_path, monkeypatch):
+    """Issue 25, item 1: the policies see z under the argmax cluster in training rollouts as in evaluation, so they
+    are tested on the input they trained on; the Gumbel-softmax sample is drawn only inside CBVI.loss."""
+    import cbvi
+
+    real_loss, real_gumbel, where = cbvi.CBVI.loss, cbvi.F.gumbel_softmax, []
+    in_loss = [False]
+
+    def loss(self, *batch):
+        in_loss[0] = True
+        try:
+            return real_loss(self, *batch)
+        finally:
+            in_loss[0] = False
+
+    def gumbel_softmax(*args, **kwargs):
+        where.append("loss" if in_loss[0] else "outside")
+        return real_gumbel(*args, **kwargs)
+
+    monkeypatch.setattr(cbvi.CBVI, "loss", loss)
+    monkeypatch.setattr(cbvi.F, "gumbel_softmax", gumbel_softmax)
+    monkeypatch.setattr(sys, "argv", [SCRIPT, "--runs-dir", str(tmp_path), *tiny(2)])
+    runpy.run_path(SCRIPT, run_name="__main__")
+    assert where and set(where) == {"loss"}
+
+
+def test_training_trials_nmi_is_scored_on_the_clusters_of_the_tasks_drawn(tmp_path, monkeypatch):
+    """Issue 25, item 3: every evaluation after the first logs the NMI of the clusters inferred on the training
+    trials since the last one (at step 20, here the episode's end, and at the exploration's end), against the true
+    clusters of the tasks the iterations drew."""
+    import sklearn.metrics
+
+    real_nmi, calls = sklearn.metrics.normalized_mutual_info_score, []
+
+    def nmi(true, pred):
+        calls.append((list(true), list(pred)))
+        return real_nmi(true, pred)
+
+    monkeypatch.setattr(sklearn.metrics, "normalized_mutual_info_score", nmi)
+    monkeypatch.setattr(sys, "argv", [SCRIPT, "--runs-dir", str(tmp_path), *tiny(4), "--eval-every", "2"])
+    runpy.run_path(SCRIPT, run_name="__main__")
+    records = [json.loads(line) for line in open(os.path.join(only_run_dir(tmp_path), "eval.jsonl"))]
+    assert "train_nmi_end_of_exploration" not in records[0]
+    split, task_rng = envs_clustered.make_task_split("PointGoal"), np.random.default_rng(1)
+    drawn = [split.train_clusters[task_rng.integers(500, size=4)].tolist() for _ in range(4)]
+    train_calls = [c for c in calls if len(c[0]) == 8]  # 2 iterations x 4 trials; the test tasks' calls have 32
+    assert [c[0] for c in train_calls] == [drawn[0] + drawn[1]] * 2 + [drawn[2] + drawn[3]] * 2
+    for record, (step_20, end) in zip(records[1:], zip(train_calls[::2], train_calls[1::2])):
+        assert record["train_nmi_step_20"] == real_nmi(*step_20)
+        assert record["train_nmi_end_of_exploration"] == real_nmi(*end)

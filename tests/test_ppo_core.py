@@ -167,6 +167,20 @@ def test_baselines_take_the_swept_ant_setting_and_keep_the_others(script):
     assert module.Args().target_kl is None  # PointGoal: no KL stop, as the learning checks were calibrated
 
 
+def test_milet_takes_the_swept_ant_setting_for_both_policies_and_keeps_the_authors_elsewhere():
+    """Issue 25, item 4: MILET's Ant rows are the PPO core's setting for pi_phi and pi_psi alike; the other envs
+    keep the authors' (docs/paper_settings.md), and PointGoal's row is still Args' defaults."""
+    assert all(getattr(milet.Args(), name) == value for name, value in milet.ENV_DEFAULTS["PointGoal"].items())
+    for env_id in ("AntGoal", "AntGoalPartial", "AntU"):
+        args = milet.parse_args(["--env-id", env_id])
+        assert (args.exploit_lr, args.explore_lr, args.exploit_ent_coef, args.explore_ent_coef, args.update_epochs,
+                args.num_minibatches, args.clip_coef, args.init_logstd, args.clip_vloss, args.target_kl) == (
+            3e-4, 3e-4, 0.0, 0.0, 10, 16, 0.2, -1.0, False, 0.02)
+    hopper = milet.parse_args(["--env-id", "HopperRandParams"])
+    assert (hopper.exploit_lr, hopper.explore_lr, hopper.clip_coef, hopper.update_epochs, hopper.num_minibatches,
+            hopper.init_logstd, hopper.clip_vloss, hopper.target_kl) == (5e-4, 1e-4, 0.05, 2, 8, 0.0, True, None)
+
+
 @pytest.mark.parametrize("script", ["milet", "varibad"])
 def test_target_kl_ends_the_update_once_the_policy_has_moved_that_far(script):
     """Without --target-kl every epoch runs every minibatch; with a tiny one the update stops at the second minibatch
