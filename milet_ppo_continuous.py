@@ -419,6 +419,24 @@ def reward_weights(t, horizon: int, args: Args) -> tuple:
     return args.b_h - args.a_h * exp(-args.s_h * (horizon - t)), -args.b_c + args.a_c * exp(-args.s_c * (horizon - t))
 
 
+def shaped_rewards(rewards, cluster_probs, return_rms: RunningMeanStd, args: Args, exploration_policy: bool):
+    """The policies' rewards on a batch of trials (T, B): the task reward divided by a running std of the discounted
+    return (restarted every episode) and clipped, as the authors; with an exploration policy, its episode adds the
+    bonuses. cluster_probs (T+1, B, K) = q(c | tau_:t). Returns (rewards, r_h, r_c), the bonuses None without pi_psi."""
+    H = args.episode_length
+    discounted = torch.zeros_like(rewards)
+    for t in range(len(rewards)):
+        discounted[t] = rewards[t] + args.gamma * (discounted[t - 1] if t % H else 0.0)
+    return_rms.update(discounted.flatten().cpu().numpy())
+    policy_rewards = (rewards / np.sqrt(return_rms.var + 1e-8)).clamp(-10, 10)
+    if not exploration_policy:
+        return policy_rewards, None, None
+    r_h, r_c = exploration_rewards(cluster_probs[: H + 1])  # Eq. 10, 11
+    gamma_h, gamma_c = reward_weights(torch.arange(H, device=rewards.device), H, args)  # Eq. 12
+    policy_rewards[:H] += gamma_h[:, None] * r_h + gamma_c[:, None] * r_c  # Eq. 9: r + gh*r_h + gc*r_c
+    return policy_rewards, r_h, r_c
+
+
 @torch.no_grad()
 def evaluate(args: Args, cbvi, explore_agent, exploit_agent, obs_rms, eval_envs, split, device) -> dict:
     """Meta-test (Algorithm 2, meta_test.py) on the fixed test tasks: mean actions and the argmax cluster.
@@ -616,18 +634,10 @@ if __name__ == "__main__":
             train_clusters[name] += cluster_probs[step].argmax(-1).tolist()
         train_clusters["true"] += split.train_clusters[task_index].tolist()
 
-        # ALGO LOGIC (step 2): rewards. The task reward is scaled by a running std of the discounted return and
-        # clipped, as the authors; the exploration episode adds the cluster-uncertainty bonuses
-        discounted = torch.zeros_like(rewards)
-        for t in range(T):
-            discounted[t] = rewards[t] + args.gamma * (discounted[t - 1] if t % H else 0.0)
-        return_rms.update(discounted.flatten().cpu().numpy())
-        policy_rewards = (rewards / np.sqrt(return_rms.var + 1e-8)).clamp(-10, 10)
+        # ALGO LOGIC (step 2): rewards: the scaled task reward, plus the cluster-uncertainty bonuses in exploration
+        policy_rewards, r_h, r_c = shaped_rewards(rewards, cluster_probs, return_rms, args, explore_agent is not None)
         segments = [("exploit", exploit_agent, exploit_optimizer, slice(0, T), args.exploit_ent_coef)]
         if explore_agent is not None:
-            r_h, r_c = exploration_rewards(cluster_probs[: H + 1])  # Eq. 10, 11
-            gamma_h, gamma_c = reward_weights(torch.arange(H, device=device), H, args)  # Eq. 12
-            policy_rewards[:H] += gamma_h[:, None] * r_h + gamma_c[:, None] * r_c  # Eq. 9: r + gh*r_h + gc*r_c
             segments = [("explore", explore_agent, explore_optimizer, slice(0, H), args.explore_ent_coef),
                         ("exploit", exploit_agent, exploit_optimizer, slice(H, T), args.exploit_ent_coef)]
             writer.add_scalar("charts/intrinsic_reward_r_h", r_h.sum(0).mean().item(), global_step)

@@ -252,6 +252,48 @@ def rl2_input(obs, prev_action, prev_reward, step, obs_rms, args, device) -> tor
                       prev_reward.unsqueeze(-1), episode_start, time_feature], -1)
 
 
+def ppo_update(agent, optimizer, inputs, actions, logprobs, advantages, returns, values, args, iteration):
+    """CleanRL's PPO update on whole trials (T, B, .): each minibatch is a set of trials, re-run from h = 0, so the
+    GRU sees each trial as it did in the rollout. The authors' Huber clipped value loss."""
+    value_loss_fn = F.smooth_l1_loss if args.huber_value_loss else F.mse_loss
+    trials_per_minibatch = inputs.shape[1] // args.num_minibatches
+    clipfracs, steps, stop = [], 0, False
+    for epoch in range(args.update_epochs):
+        if stop:
+            break
+        for mb in torch.randperm(inputs.shape[1]).split(trials_per_minibatch):
+            _, newlogprob, entropy, newvalue, _ = agent(
+                inputs[:, mb], inputs.new_zeros(len(mb), args.gru_hidden_size), actions[:, mb])
+            logratio = newlogprob - logprobs[:, mb]
+            ratio = logratio.exp()
+            with torch.no_grad():
+                approx_kl = ((ratio - 1) - logratio).mean()
+                clipfracs.append(((ratio - 1.0).abs() > args.clip_coef).float().mean().item())
+            if args.target_kl is not None and approx_kl > args.target_kl:
+                stop = True  # the policy has moved far enough from the rollout's: end the update
+                break
+            steps += 1
+            mb_advantages = advantages[:, mb]
+            if args.norm_adv:
+                mb_advantages = (mb_advantages - mb_advantages.mean()) / (mb_advantages.std() + 1e-8)
+            clipped_ratio = ratio.clamp(1 - args.clip_coef, 1 + args.clip_coef)
+            pg_loss = torch.max(-mb_advantages * ratio, -mb_advantages * clipped_ratio).mean()
+            v_loss = value_loss_fn(newvalue, returns[:, mb], reduction="none")
+            if args.clip_vloss:
+                v_clipped = values[:, mb] + (newvalue - values[:, mb]).clamp(-args.clip_coef, args.clip_coef)
+                v_loss = torch.max(v_loss, value_loss_fn(v_clipped, returns[:, mb], reduction="none"))
+            v_loss = 0.5 * v_loss.mean()
+            entropy_loss = entropy.mean()
+            loss = pg_loss - args.ent_coef * entropy_loss + v_loss * args.vf_coef
+            meta_test.check_finite({"policy_loss": pg_loss, "value_loss": v_loss}, iteration)
+            optimizer.zero_grad()
+            loss.backward()
+            nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
+            optimizer.step()
+    return {"policy_loss": pg_loss.item(), "value_loss": v_loss.item(), "entropy": entropy_loss.item(),
+            "approx_kl": approx_kl.item(), "clipfrac": float(np.mean(clipfracs)), "update_steps": steps}
+
+
 @torch.no_grad()
 def evaluate(args: Args, agent, obs_rms, eval_envs, split, device) -> dict:
     """Meta-test (meta_test.py): mean actions, the hidden state carried through the trial. No clusters, so no NMI."""
@@ -327,7 +369,6 @@ if __name__ == "__main__":
         meta_test.restore_random_state(resumed["rng"], task_rng, envs)
         start_iteration, global_step = resumed["iteration"] + 1, resumed["global_step"]
     start_step, start_time, sps = global_step, time.time(), 0
-    value_loss_fn = F.smooth_l1_loss if args.huber_value_loss else F.mse_loss
     progress = tqdm(range(start_iteration, args.num_iterations + 1), desc=f"RL2 {args.env_id}", unit="it",
                     initial=start_iteration - 1, total=args.num_iterations)
     for iteration in progress:
@@ -362,45 +403,9 @@ if __name__ == "__main__":
         advantages, returns = gae(policy_rewards, values, args.gamma, args.gae_lambda)  # across episode boundaries
 
         # ALGO LOGIC: PPO on whole trial sequences: each minibatch is a set of trials, re-run from h = 0
-        trials_per_minibatch = B // args.num_minibatches
-        clipfracs, steps, stop = [], 0, False
-        for epoch in range(args.update_epochs):
-            if stop:
-                break
-            for mb in torch.randperm(B).split(trials_per_minibatch):
-                _, newlogprob, entropy, newvalue, _ = agent(
-                    inputs[:, mb], torch.zeros(len(mb), args.gru_hidden_size, device=device), actions[:, mb])
-                logratio = newlogprob - logprobs[:, mb]
-                ratio = logratio.exp()
-                with torch.no_grad():
-                    approx_kl = ((ratio - 1) - logratio).mean()
-                    clipfracs.append(((ratio - 1.0).abs() > args.clip_coef).float().mean().item())
-                if args.target_kl is not None and approx_kl > args.target_kl:
-                    stop = True  # the policy has moved far enough from the rollout's: end the update
-                    break
-                steps += 1
-                mb_advantages = advantages[:, mb]
-                if args.norm_adv:
-                    mb_advantages = (mb_advantages - mb_advantages.mean()) / (mb_advantages.std() + 1e-8)
-                clipped_ratio = ratio.clamp(1 - args.clip_coef, 1 + args.clip_coef)
-                pg_loss = torch.max(-mb_advantages * ratio, -mb_advantages * clipped_ratio).mean()
-                v_loss = value_loss_fn(newvalue, returns[:, mb], reduction="none")
-                if args.clip_vloss:
-                    v_clipped = values[:, mb] + (newvalue - values[:, mb]).clamp(-args.clip_coef, args.clip_coef)
-                    v_loss = torch.max(v_loss, value_loss_fn(v_clipped, returns[:, mb], reduction="none"))
-                v_loss = 0.5 * v_loss.mean()
-                entropy_loss = entropy.mean()
-                loss = pg_loss - args.ent_coef * entropy_loss + v_loss * args.vf_coef
-                meta_test.check_finite({"policy_loss": pg_loss, "value_loss": v_loss}, iteration)
-                optimizer.zero_grad()
-                loss.backward()
-                nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
-                optimizer.step()
-
+        stats = ppo_update(agent, optimizer, inputs, actions, logprobs, advantages, returns, values, args, iteration)
         writer.add_scalar("charts/learning_rate", optimizer.param_groups[0]["lr"], global_step)
-        for key, value in {"policy_loss": pg_loss.item(), "value_loss": v_loss.item(), "entropy": entropy_loss.item(),
-                           "approx_kl": approx_kl.item(), "clipfrac": float(np.mean(clipfracs)),
-                           "update_steps": steps}.items():
+        for key, value in stats.items():
             writer.add_scalar(f"losses/{key}", value, global_step)
         for episode in range(1 + args.num_exploit_episodes):
             train_return = rewards[episode * H: (episode + 1) * H].sum(0).mean()

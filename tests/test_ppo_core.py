@@ -58,26 +58,6 @@ def test_initial_log_std_is_the_flag(script):
     assert module.parse_args([]).init_logstd == 0.0  # the authors' std 1 stays the default
 
 
-@pytest.mark.parametrize("clip_vloss", [True, False])
-def test_value_clip_bounds_the_value_step_only_when_asked(clip_vloss):
-    """The stored values sit 0.2 above the critic's output, and the returns 10 below. The clipped branch, stored
-    value - clip_coef, is further from the returns than the critic's output, so the max of the two losses picks it,
-    and it carries no gradient: the critic does not move. --no-clip-vloss takes the plain loss, which moves it."""
-    torch.manual_seed(0)
-    flags = ["--clip-coef", "0.05", "--update-epochs", "1", "--num-minibatches", "1"]
-    args = varibad.parse_args(flags + ([] if clip_vloss else ["--no-clip-vloss"]))
-    agent = varibad.Agent(3, 1, (8,))
-    inputs, actions = torch.randn(64, 3), torch.zeros(64, 1)
-    with torch.no_grad():
-        _, logprobs, _, values = agent.get_action_and_value(inputs, actions)
-    critic_before = [p.clone() for p in agent.critic.parameters()]
-    optimizer = torch.optim.SGD(agent.parameters(), lr=0.1)
-    varibad.ppo_update(agent, optimizer, inputs, actions, logprobs, torch.randn(64), values - 10.0, values + 0.2,
-                       args, 1)
-    moved = sum((p - q).abs().sum().item() for p, q in zip(agent.critic.parameters(), critic_before))
-    assert (moved > 1e-6) == (not clip_vloss)
-
-
 def test_baseline_policies_see_the_time_within_the_trial():
     """VariBAD's (and the oracle's) policy input ends [..., t / T, belief]; RL2's input carries t / T last."""
     args = varibad.parse_args(["--episode-length", "10"])
