@@ -36,6 +36,7 @@ from sklearn.metrics import normalized_mutual_info_score
 from test_milet import ROOT, only_run_dir
 
 SCRIPTS = {method: os.path.join(ROOT, f"{method}_ppo_continuous.py") for method in ("milet", "varibad", "rl2")}
+CALIBRATION_PATH = os.path.join(ROOT, "tests", "learning_calibration.json")  # benchmarks/calibrate_learning_check.py
 LEARNING_FLAGS = ["--eval-every", "25"]
 CALIBRATION = {  # method: {seed: (late-average episode-2 gain, late-average NMI at the end of exploration or None)}
     # measured 2026-12-01 on the 2-core CPU with the prefix-by-prefix decoder gradient (commit 35c62f2; before it,
@@ -61,6 +62,8 @@ def learning_figures(run_dir: str, fraction: float = 0.8) -> dict:
     late = [r for r in records if r["global_step"] >= fraction * records[-1]["global_step"]]
     figures = {"late_evaluations": len(late),
                "late_episode_2_gain": float(np.mean([r["return_episode_2"] for r in late]) - records[0]["return_episode_2"]),
+               "late_return_episode_1": float(np.mean([r["return_episode_1"] for r in late])),
+               "late_return_episode_2": float(np.mean([r["return_episode_2"] for r in late])),
                "final_return_episode_1": records[-1]["return_episode_1"],
                "final_return_episode_2": records[-1]["return_episode_2"]}
     if "nmi_end_of_exploration" in records[0]:
