@@ -23,6 +23,7 @@ What else every script shares, and nothing of any algorithm:
 """
 import argparse
 import atexit
+import dataclasses
 import json
 import os
 import random
@@ -135,6 +136,12 @@ def check_trial_args(args, more_positive_flags: tuple = ()) -> None:
             exit_with_error(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
     if getattr(args, "target_kl", None) is not None and not args.target_kl > 0:
         exit_with_error(f"--target-kl must be > 0 (or left unset), got {args.target_kl}")
+    for flag in ("gamma", "gae_lambda"):
+        if not 0 <= getattr(args, flag) <= 1:
+            exit_with_error(f"--{flag.replace('_', '-')} must be in [0, 1], got {getattr(args, flag)}")
+    for flag in ("clip_coef", "learning_rate", "exploit_lr", "explore_lr", "vae_lr"):  # those the script has
+        if hasattr(args, flag) and not getattr(args, flag) > 0:
+            exit_with_error(f"--{flag.replace('_', '-')} must be > 0, got {getattr(args, flag)}")
     if args.async_envs and args.env_id == "PointGoal":
         exit_with_error("--async-envs is for the MuJoCo envs; PointGoal is already one batched numpy env")
     if args.num_envs < 1 or args.num_envs % args.num_minibatches:
@@ -190,6 +197,10 @@ def load_resume(args):
     if not os.path.isfile(path):
         sys.exit(f"{script}: error: no resume.pt in {args.resume}")
     state = torch.load(path, weights_only=False)
+    unknown = sorted(set(state["args"]) - {field.name for field in dataclasses.fields(args)})
+    if unknown:  # e.g. a VariBAD run given to MILET: its flags mean nothing here
+        sys.exit(f"{script}: error: {path} is not a run of {script} (flags it does not have: "
+                 f"{', '.join('--' + k.replace('_', '-') for k in unknown)}); resume it with the script that wrote it")
     state["args"]["resume"] = args.resume
     return state, type(args)(**{k: tuple(v) if isinstance(v, list) else v for k, v in state["args"].items()})
 

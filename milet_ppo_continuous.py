@@ -256,7 +256,8 @@ def parse_args(argv: Optional[list[str]] = None) -> Args:
         meta_test.exit_with_error(f"--num-clusters must be >= 1 or auto, got {args.num_clusters}")
     if args.num_clusters == "auto" and args.max_clusters < 2:
         meta_test.exit_with_error(f"--max-clusters must be >= 2 with --num-clusters auto, got {args.max_clusters}")
-    meta_test.check_trial_args(args, ("vae_updates", "vae_batch_size", "target_prior_every", "checkpoint_every"))
+    meta_test.check_trial_args(args, ("vae_updates", "vae_batch_size", "vae_buffer_size", "target_prior_every",
+                                    "checkpoint_every"))
     if args.ood_eval and args.eval_trials > 1:
         meta_test.exit_with_error("--ood-eval scores one trial per task: use it with --eval-trials 1")
     if args.update_threads is not None and args.update_threads < 1:

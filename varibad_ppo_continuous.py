@@ -193,7 +193,7 @@ def parse_args(argv: Optional[list[str]] = None) -> Args:
     then the settings are checked with one clear line each, before anything is written."""
     env_id = meta_test.peek_env_id(argv, ENV_DEFAULTS)
     args = tyro.cli(Args, args=argv, default=Args(env_id=env_id, **ENV_DEFAULTS[env_id]))
-    meta_test.check_trial_args(args, ("vae_updates", "vae_batch_size", "checkpoint_every"))
+    meta_test.check_trial_args(args, ("vae_updates", "vae_batch_size", "vae_buffer_size", "checkpoint_every"))
     return args
 
 

@@ -39,6 +39,10 @@ def run_baseline(method, tmp_path, *flags, check=True):
     (["--total-timesteps", "100"], "is below one iteration"),
     (["--update-epochs", "0"], "--update-epochs must be >= 1"),
     (["--async-envs"], "--async-envs is for the MuJoCo envs"),
+    (["--gamma", "-0.5"], "--gamma must be in [0, 1], got -0.5"),
+    (["--gae-lambda", "2"], "--gae-lambda must be in [0, 1], got 2.0"),
+    (["--clip-coef", "-0.2"], "--clip-coef must be > 0, got -0.2"),
+    (["--learning-rate", "0"], "--learning-rate must be > 0, got 0.0"),
 ])
 def test_bad_input_is_rejected_with_one_line(method, flags, message, monkeypatch):
     """Each baseline's parse_args stops with `<script>: error: ...` (one line) before the script builds anything."""
@@ -49,6 +53,17 @@ def test_bad_input_is_rejected_with_one_line(method, flags, message, monkeypatch
     with pytest.raises(SystemExit) as stop:
         module.parse_args(flags)
     assert str(stop.value.code).startswith(f"{method}_ppo_continuous.py: error: ") and message in str(stop.value.code)
+
+
+@pytest.mark.parametrize("flags, message", [(["--vae-buffer-size", "0"], "--vae-buffer-size must be >= 1, got 0"),
+                                           (["--vae-lr", "0"], "--vae-lr must be > 0, got 0.0")])
+def test_varibad_rejects_an_empty_buffer_and_a_zero_vae_learning_rate(flags, message, monkeypatch):
+    import varibad_ppo_continuous as varibad
+
+    monkeypatch.setattr(sys, "argv", [BASELINES["varibad"]])
+    with pytest.raises(SystemExit) as stop:
+        varibad.parse_args(flags)
+    assert message in str(stop.value.code) and "\n" not in str(stop.value.code)
 
 
 @pytest.mark.parametrize("method", BASELINES)

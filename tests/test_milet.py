@@ -43,6 +43,14 @@ def only_run_dir(tmp_path):
     (["--num-minibatches", "0"], "--num-minibatches must be >= 1"),
     (["--eval-every", "0"], "--eval-every must be >= 1"),
     (["--async-envs"], "--async-envs is for the MuJoCo envs"),
+    (["--vae-buffer-size", "0"], "--vae-buffer-size must be >= 1, got 0"),
+    (["--update-threads", "0"], "--update-threads must be >= 1, got 0"),
+    (["--gamma", "1.5"], "--gamma must be in [0, 1], got 1.5"),
+    (["--gae-lambda", "-0.1"], "--gae-lambda must be in [0, 1], got -0.1"),
+    (["--clip-coef", "0"], "--clip-coef must be > 0, got 0.0"),
+    (["--exploit-lr", "0"], "--exploit-lr must be > 0, got 0.0"),
+    (["--explore-lr", "-1e-4"], "--explore-lr must be > 0, got -0.0001"),
+    (["--vae-lr", "nan"], "--vae-lr must be > 0, got nan"),
 ])
 def test_bad_input_is_rejected_with_one_line(flags, message, monkeypatch):
     """parse_args stops with `milet_ppo_continuous.py: error: ...` (one line) before the script builds anything."""
@@ -55,11 +63,31 @@ def test_bad_input_is_rejected_with_one_line(flags, message, monkeypatch):
     assert "\n" not in str(stop.value.code)
 
 
-def test_bad_input_from_the_command_line_writes_nothing(tmp_path):
-    result = run_script(tmp_path, "--env-id", "AntGoall", check=False)
-    assert result.returncode != 0 and "unknown --env-id 'AntGoall'" in result.stderr
+@pytest.mark.parametrize("flags, message", [
+    (["--env-id", "AntGoall"], "unknown --env-id 'AntGoall'"),
+    (["--vae-buffer-size", "0"], "--vae-buffer-size must be >= 1"),  # was a ZeroDivisionError after the folder
+    (["--eval-checkpoint", "no/such/milet.pt"], "no checkpoint at no/such/milet.pt"),
+])
+def test_bad_input_from_the_command_line_writes_nothing(tmp_path, flags, message):
+    result = run_script(tmp_path, *flags, check=False)
+    assert result.returncode != 0 and message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert os.listdir(tmp_path) == []
+
+
+def test_resuming_another_scripts_run_is_one_line_and_leaves_it_whole(tmp_path):
+    """milet --resume on a VariBAD run folder (its args have --oracle, which MILET has not) used to end in a
+    TypeError; now one line names the flags and the run folder is left as it was."""
+    varibad = os.path.join(ROOT, "varibad_ppo_continuous.py")
+    subprocess.run([sys.executable, varibad, "--runs-dir", str(tmp_path), *tiny(1), "--checkpoint-every", "1"],
+                   check=True, capture_output=True, cwd=ROOT, timeout=600)
+    run_dir = only_run_dir(tmp_path)
+    before = {name: open(os.path.join(run_dir, name), "rb").read() for name in os.listdir(run_dir)}
+    result = subprocess.run([sys.executable, SCRIPT, "--resume", run_dir], capture_output=True, text=True, cwd=ROOT,
+                            timeout=600)
+    assert result.returncode != 0 and len(result.stderr.strip().splitlines()) == 1
+    assert "is not a run of milet_ppo_continuous.py" in result.stderr and "--oracle" in result.stderr
+    assert {name: open(os.path.join(run_dir, name), "rb").read() for name in os.listdir(run_dir)} == before
 
 
 @pytest.mark.parametrize("env_id", envs_clustered.ENV_IDS)
