@@ -2,6 +2,7 @@
 (--ood-eval): beyond the paper, the two extensions its conclusion names as future work."""
 import json
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ from torch.distributions import Categorical, kl_divergence
 
 import envs_clustered
 from cbvi import CBVI
-from test_milet import only_run_dir, run_script, tiny
+from test_milet import SCRIPT, only_run_dir, run_script, tiny
 
 S, A = 3, 2
 
@@ -95,16 +96,40 @@ def test_ood_tasks_are_reproducible_and_outside_the_training_support(env_id):
         assert all(scaled(task) == 2 for task in tasks)
 
 
-def test_auto_clusters_and_ood_eval_write_their_keys(tmp_path):
-    run_script(tmp_path, *tiny(), "--num-clusters", "auto", "--max-clusters", "6", "--ood-eval")
+def test_auto_clusters_and_ood_eval_report_known_answers(tmp_path, monkeypatch):
+    """Known answers through the whole run: an encoder that puts the tasks in 2 of its 6 clusters (even and odd
+    slots) reports num_clusters_found 2; an OOD score that separates the OOD goals (radius 3.5) from the test goals
+    (radius 2), minus the exploration's mean reward while the untrained point stays near the start, gives AUROC 1
+    for both scores and flags every OOD task."""
+    import runpy
+
+    import cbvi
+
+    real_step = cbvi.CBVI.step
+
+    def two_clusters(self, *inputs, **kwargs):
+        hidden, belief = real_step(self, *inputs, **kwargs)
+        chosen = torch.nn.functional.one_hot(torch.arange(len(hidden)) % 2, self.num_clusters).float()
+        probs = 0.5 * chosen + 0.5 / self.num_clusters  # argmax: the even or odd cluster; no zero probability
+        return hidden, belief._replace(cluster_probs=probs)
+
+    def separable(self, belief, obs, actions, rewards, next_obs):
+        return {"prior_nll": -rewards.mean(0), "reward_error": -rewards.mean(0)}
+
+    monkeypatch.setattr(cbvi.CBVI, "step", two_clusters)
+    monkeypatch.setattr(cbvi.CBVI, "ood_scores", separable)
+    monkeypatch.setattr(sys, "argv", [SCRIPT, "--runs-dir", str(tmp_path), *tiny(), "--num-clusters", "auto",
+                                      "--max-clusters", "6", "--ood-eval"])
+    runpy.run_path(SCRIPT, run_name="__main__")
     run_dir = only_run_dir(tmp_path)
     summary = json.load(open(os.path.join(run_dir, "summary.json")))
     records = [json.loads(line) for line in open(os.path.join(run_dir, "eval.jsonl"))]
     for result in (summary, records[-1]):
-        assert 1 <= result["num_clusters_found"] <= 6 and len(result["cluster_weights"]) == 6
+        assert result["num_clusters_found"] == 2 and len(result["cluster_weights"]) == 6
         assert sum(result["cluster_weights"]) == pytest.approx(1.0, abs=1e-3)
-        assert 0.0 <= result["ood_auroc"] <= 1.0
-        assert result["ood_auroc"] == result["ood_auroc_reward_error"] and "ood_auroc_prior_nll" in result
+    for record in records:
+        assert record["ood_auroc"] == record["ood_auroc_reward_error"] == record["ood_auroc_prior_nll"] == 1.0
+        assert record["ood_flagged_reward_error"]["ood"] == 1.0
         assert set(result["ood_flagged_prior_nll"]) == {"test", "ood"}
     assert len(records[-1]["test_clusters_pred"]) == 32
 
@@ -125,7 +150,7 @@ def test_direction_envs_hold_their_ood_cluster_out_of_training(tmp_path):
         np.testing.assert_array_equal(kept.train_tasks, envs_clustered.make_task_split(env_id, seed=0).train_tasks)
     run_script(tmp_path, "--env-id", "HumanoidDir", *tiny(1), "--ood-eval")
     records = [json.loads(line) for line in open(os.path.join(only_run_dir(tmp_path), "eval.jsonl"))]
-    assert held_out not in records[-1]["test_clusters_true"] and 0.0 <= records[-1]["ood_auroc"] <= 1.0
+    assert held_out not in records[-1]["test_clusters_true"] and isinstance(records[-1]["ood_auroc"], float)
 
 
 def test_clusters_figure_shows_each_groups_late_averages(tmp_path):
