@@ -147,30 +147,40 @@ def test_advantages_are_normalised_per_minibatch_only_when_asked(script, norm_ad
 
 def test_only_the_exploration_episode_earns_the_weighted_cluster_bonuses():
     """Eq. 9-12 in the loop's reward: every step gets the task reward over the running std of the per-episode
-    discounted return, clipped to +-10; the exploration episode adds gamma_h(t) r_h + gamma_c(t) r_c, computed here
+    discounted return (the running std updated with this batch), clipped to +-10; the exploration episode adds gamma_h(t) r_h + gamma_c(t) r_c, computed here
     from their definitions; the exploitation episode gets nothing more, and without pi_psi nobody does."""
     args = milet.parse_args(["--episode-length", "4", "--num-envs", "4", "--num-minibatches", "2"])
     H, T, B = 4, 8, 3
     rng = np.random.default_rng(0)
     rewards = torch.as_tensor(rng.normal(0, 3, (T, B)), dtype=torch.float32)
+    rewards[1, 0], rewards[6, 2] = 40.0, -40.0  # beyond the +-10 clip once scaled
     cluster_probs = torch.as_tensor(rng.dirichlet(np.ones(4), (T + 1, B)), dtype=torch.float32)
     discounted = np.zeros((T, B))
     for t in range(T):
         discounted[t] = rewards[t].numpy() + (args.gamma * discounted[t - 1] if t % H else 0.0)
-    scaled = np.clip(rewards.numpy() / np.sqrt(discounted.var() + 1e-8), -10, 10)
+
+    def return_rms():  # a running std that has already seen a million returns of variance 1
+        rms = RunningMeanStd(shape=())
+        rms.var, rms.count = np.array(1.0), 1e6
+        return rms
+
+    expected_rms = return_rms()
+    expected_rms.update(discounted.flatten())
+    scaled = np.clip(rewards.numpy() / np.sqrt(expected_rms.var + 1e-8), -10, 10)
+    assert scaled.max() == 10 and scaled.min() == -10
     p = cluster_probs[: H + 1].double().numpy()
     entropy = -(p * np.log(p)).sum(-1)
     r_h, r_c = entropy[:-1] - entropy[1:], -(p[:-1] * np.log(p[:-1] / p[1:])).sum(-1)
     t = np.arange(H)[:, None]
     gamma_h = args.b_h - args.a_h * np.exp(-args.s_h * (H - t))
     gamma_c = -args.b_c + args.a_c * np.exp(-args.s_c * (H - t))
-    shaped, got_r_h, got_r_c = milet.shaped_rewards(rewards, cluster_probs, RunningMeanStd(shape=()), args, True)
+    shaped, got_r_h, got_r_c = milet.shaped_rewards(rewards, cluster_probs, return_rms(), args, True)
     np.testing.assert_allclose(got_r_h.numpy(), r_h, atol=1e-5)
     np.testing.assert_allclose(got_r_c.numpy(), r_c, atol=1e-5)
     np.testing.assert_allclose(shaped[:H].numpy(), scaled[:H] + gamma_h * r_h + gamma_c * r_c, atol=1e-4)
     np.testing.assert_allclose(shaped[H:].numpy(), scaled[H:], atol=1e-4)
     assert np.abs(gamma_h * r_h + gamma_c * r_c).max() > 1e-2  # the bonus is there to be seen
-    plain, none_h, none_c = milet.shaped_rewards(rewards, cluster_probs, RunningMeanStd(shape=()), args, False)
+    plain, none_h, none_c = milet.shaped_rewards(rewards, cluster_probs, return_rms(), args, False)
     np.testing.assert_allclose(plain.numpy(), scaled, atol=1e-4)
     assert none_h is None and none_c is None
 
@@ -194,6 +204,20 @@ def test_every_term_of_the_cbvi_loss_carries_its_own_weight():
     expected = (terms["reward_reconstruction"] + 0.3 * terms["state_reconstruction"] + 0.07 * terms["kl_z"]
                 + 0.011 * terms["kl_c"] + 0.5 * terms["consistency_l_i"] + 0.2 * 0.07 * terms["prior_l_p"])
     torch.testing.assert_close(terms["total"], expected, rtol=1e-6, atol=0)
+
+
+def test_l_i_compares_consecutive_inferred_posteriors_from_two_steps_on():
+    """Eq. 6 needs two inferred posteriors: a trial of one step has none to compare (L_I = 0), one of two steps has
+    the pair (q_1, q_2), whose KL it is."""
+    model = CBVI(3, 2, num_clusters=3, latent_dim=4, hidden_size=8)
+    assert model.loss(*cbvi_batch(T=1))["consistency_l_i"] == 0
+    obs, actions, rewards, next_obs = cbvi_batch(T=2)
+    logits = model.encode(actions, next_obs, rewards.unsqueeze(-1), sample=False).cluster_logits
+    expected = torch.distributions.kl_divergence(torch.distributions.Categorical(logits=logits[1]),
+                                                 torch.distributions.Categorical(logits=logits[2])).mean()
+    consistency = model.loss(obs, actions, rewards, next_obs)["consistency_l_i"]
+    assert consistency > 0
+    torch.testing.assert_close(consistency, expected)
 
 
 def build(flags):
@@ -251,3 +275,87 @@ def test_no_exploration_policy_builds_one_policy():
     assert explore is None and exploit is not None
     _, _, explore, _ = build([])
     assert explore is not None
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+@pytest.mark.parametrize("clip_vloss, huber", [(True, True), (False, False), (True, False)])
+def test_one_update_step_is_a_gradient_step_on_the_ppo_objective(script, clip_vloss, huber):
+    """One epoch of one minibatch with plain SGD and no gradient clipping moves every parameter by -lr times the
+    gradient of CleanRL's PPO loss written out here: the clipped surrogate on normalised advantages, minus the
+    entropy bonus, plus vf_coef times half the (Huber or squared, optionally clipped) value error. The rollout's
+    log-probabilities and values are offset so that ratios and values fall on both sides of their clips, and the
+    update reports that loss's terms."""
+    flags = ["--max-grad-norm", "1e9", "--clip-coef", "0.2", "--vf-coef", "0.7"]
+    flags += ([] if clip_vloss else ["--no-clip-vloss"]) + ([] if huber else ["--no-huber-value-loss"])
+    flags += [] if script == "milet" else ["--ent-coef", "0.05"]
+    core = Core(script, 32, flags)
+    generator = torch.Generator().manual_seed(3)
+    actions, logprobs, values = core.act()
+    old_logprobs = logprobs - (torch.rand(32, generator=generator) - 0.5)
+    old_values = values + 2 * torch.rand(32, generator=generator) - 1
+    returns, advantages = values + 2 * torch.randn(32, generator=generator), torch.randn(32, generator=generator)
+    # the reference loss at the current parameters
+    if script == "rl2":
+        _, new_logprob, entropy, new_value, _ = core.agent(core.inputs, torch.zeros(32, core.args.gru_hidden_size),
+                                                           actions.unsqueeze(0))
+        new_logprob, entropy, new_value = new_logprob[0], entropy[0], new_value[0]
+    else:
+        _, new_logprob, entropy, new_value = core.agent.get_action_and_value(core.inputs, actions)
+    c, ent_coef = 0.2, 0.05
+    ratio = (new_logprob - old_logprobs).exp()
+    normalised = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+    pg_loss = torch.max(-normalised * ratio, -normalised * ratio.clamp(1 - c, 1 + c)).mean()
+    error = torch.nn.functional.smooth_l1_loss if huber else torch.nn.functional.mse_loss
+    value_error = error(new_value, returns, reduction="none")
+    if clip_vloss:
+        clipped = old_values + (new_value - old_values).clamp(-c, c)
+        value_error = torch.max(value_error, error(clipped, returns, reduction="none"))
+    v_loss = 0.5 * value_error.mean()
+    loss = pg_loss - ent_coef * entropy.mean() + 0.7 * v_loss
+    params = list(core.agent.parameters())
+    expected = [p - 0.1 * g for p, g in zip(params, torch.autograd.grad(loss, params))]
+    if script == "milet":  # MILET takes each policy's entropy coefficient as an argument
+        stats = milet.ppo_update(core.agent, torch.optim.SGD(params, lr=0.1), core.inputs, actions, old_logprobs,
+                                 advantages, returns, old_values, ent_coef, core.args, 1)
+    else:
+        stats = core.update(torch.optim.SGD(params, lr=0.1), actions, old_logprobs, advantages, returns, old_values)
+    for got, want in zip(core.agent.parameters(), expected):
+        torch.testing.assert_close(got.detach(), want.detach(), rtol=1e-4, atol=1e-6)
+    logratio = (new_logprob - old_logprobs).detach()
+    assert set(stats) == {"policy_loss", "value_loss", "entropy", "approx_kl", "clipfrac", "update_steps"}
+    assert stats["update_steps"] == 1 and stats["clipfrac"] == pytest.approx(((ratio - 1).abs() > c).float().mean().item())
+    assert 0 < stats["clipfrac"] < 1  # the ratios fall on both sides of the clip
+    for name, value in (("policy_loss", pg_loss), ("value_loss", v_loss), ("entropy", entropy.mean()),
+                        ("approx_kl", ((logratio.exp() - 1) - logratio).mean())):
+        assert stats[name] == pytest.approx(value.item(), rel=1e-5, abs=1e-7), name
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+@pytest.mark.parametrize("poisoned, term", [("advantages", "policy_loss"), ("returns", "value_loss")])
+def test_a_nan_in_the_update_stops_with_its_term_and_iteration_named(script, poisoned, term):
+    core = Core(script, 8)
+    actions, logprobs, values = core.act()
+    batch = {"advantages": torch.randn(8), "returns": values.clone()}
+    batch[poisoned][0] = float("nan")
+    extra = (0.0,) if script == "milet" else ()
+    with pytest.raises(SystemExit, match=f"loss term '{term}' is nan at iteration 7"):
+        core.module.ppo_update(core.agent, torch.optim.SGD(core.agent.parameters(), lr=0.1), core.inputs,
+                               actions.unsqueeze(0) if script == "rl2" else actions, core.shaped(logprobs),
+                               core.shaped(batch["advantages"]), core.shaped(batch["returns"]), core.shaped(values),
+                               *extra, core.args, 7)
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_target_kl_stops_every_later_epoch_too(script):
+    """Without --target-kl, 4 epochs x 4 minibatches take 16 steps; with a tiny one the update stops at the second
+    minibatch (the first starts at the rollout policy, KL 0) and no later epoch takes a step."""
+    steps = {}
+    for target in (None, 1e-9):
+        core = Core(script, 16, ["--update-epochs", "4", "--num-minibatches", "4"]
+                    + ([] if target is None else ["--target-kl", str(target)]))
+        actions, logprobs, values = core.act()
+        stats = core.update(torch.optim.Adam(core.agent.parameters(), lr=1e-2), actions, logprobs, torch.randn(16),
+                            values, values)
+        steps[target] = stats["update_steps"]
+        assert stats["approx_kl"] > (0 if target is None else target)
+    assert steps == {None: 16, 1e-9: 1}
