@@ -71,7 +71,7 @@ def learning_figures(run_dir: str, fraction: float = 0.8) -> dict:
     return figures
 
 
-def chance_nmi_quantile(quantile: float = 0.995, num_clusters: int = 4, draws: int = 20_000) -> float:
+def chance_nmi_quantile(quantile: float = 0.995, num_clusters: int = 4, draws: int = 4_000) -> float:
     """Quantile of the NMI of a uniformly random assignment of the 32 test tasks to `num_clusters` clusters."""
     rng = np.random.default_rng(0)
     true = np.arange(32) % 4  # 8 test tasks per true cluster, as make_task_split
