@@ -4,7 +4,7 @@ print its figures per seed, with the lowest of each (the thresholds must sit bel
     python benchmarks/calibrate_learning_check.py --method milet --seeds 1 2 3 4 5 --jobs 2
     python benchmarks/calibrate_learning_check.py --method milet --seeds 2 --jobs 1 --write   # update the JSON
 
---method is milet, varibad, rl2 or pearl (its default run, no flags; use --jobs 1 on a shared machine). Runs go to benchmarks/calibration_runs/<method>/ (git-ignored). Each run takes
+--method is milet, varibad, rl2, pearl or metacure (the off-policy two: their default run, no flags; use --jobs 1 on a shared machine). Runs go to benchmarks/calibration_runs/<method>/ (git-ignored). Each run takes
 8-11 minutes on one CPU core. --write records each seed's figures, the date and the commit in
 tests/learning_calibration.json, which the learning checks read their reference figures from.
 """
@@ -18,10 +18,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
-from test_learning import CALIBRATION_PATH, LEARNING_FLAGS, PEARL_SCRIPT, SCRIPTS, learning_figures  # noqa: E402
+from test_learning import CALIBRATION_PATH, LEARNING_FLAGS, OFF_POLICY_SCRIPTS, SCRIPTS, learning_figures  # noqa: E402
 
-SCRIPTS = {**SCRIPTS, "pearl": PEARL_SCRIPT}
-FLAGS = {method: [] if method == "pearl" else LEARNING_FLAGS for method in SCRIPTS}  # PEARL: its default run
+SCRIPTS = {**SCRIPTS, **OFF_POLICY_SCRIPTS}
+FLAGS = {method: [] if method in OFF_POLICY_SCRIPTS else LEARNING_FLAGS for method in SCRIPTS}  # off-policy: defaults
 
 
 def run_seed(script: str, seed: int, runs_dir: str, flags: list) -> dict:

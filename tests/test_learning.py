@@ -35,7 +35,7 @@ from test_milet import ROOT, only_run_dir
 SCRIPTS = {method: os.path.join(ROOT, f"{method}_ppo_continuous.py") for method in ("milet", "varibad", "rl2")}
 CALIBRATION_PATH = os.path.join(ROOT, "tests", "learning_calibration.json")  # benchmarks/calibrate_learning_check.py
 LEARNING_FLAGS = ["--eval-every", "25"]
-CHECKED_SEED = {"milet": 2, "varibad": 1, "rl2": 1, "pearl": 1}  # the seed each check runs
+CHECKED_SEED = {"milet": 2, "varibad": 1, "rl2": 1, "pearl": 1, "metacure": 1}  # the seed each check runs
 KEEP = 0.6  # the share of the pinned seed's calibrated gain and NMI a check run must keep
 NMI_CHANCE = 0.298  # chance_nmi_quantile(), checked below
 
@@ -114,22 +114,23 @@ def test_default_pointgoal_run_learns(tmp_path, method):
         assert "late_nmi" not in figures  # no clusters: nothing to score
 
 
-# PEARL (pearl_sac_continuous.py) is off-policy: its default PointGoal run is sized by wall time, not by MILET's 2M
-# frames (docs/pearl.md), and evaluates every 5 iterations, so its late window holds PEARL_LATE_EVALUATIONS evaluations.
-PEARL_SCRIPT = os.path.join(ROOT, "pearl_sac_continuous.py")
-# Calibrated as the others (`python benchmarks/calibrate_learning_check.py --method pearl --seeds 1 2 3 --jobs 1`).
-PEARL_LATE_EVALUATIONS = 4  # iterations 65, 70, 75, 80 of 80
+# PEARL and MetaCURE (pearl_sac_continuous.py, metacure_sac_continuous.py) are off-policy: their default PointGoal
+# run is sized by wall time, not by MILET's 2M frames (256k frames, docs/pearl.md), and evaluates every 5 iterations,
+# so its late window holds OFF_POLICY_LATE_EVALUATIONS evaluations. Calibrated as the others
+# (`python benchmarks/calibrate_learning_check.py --method pearl --seeds 1 2 3 --jobs 1`).
+OFF_POLICY_SCRIPTS = {method: os.path.join(ROOT, f"{method}_sac_continuous.py") for method in ("pearl", "metacure")}
+OFF_POLICY_LATE_EVALUATIONS = 4  # iterations 65, 70, 75, 80 of 80
 
 
 @pytest.mark.learning
-def test_default_pointgoal_pearl_run_learns(tmp_path):
+@pytest.mark.parametrize("method", OFF_POLICY_SCRIPTS)
+def test_default_pointgoal_off_policy_run_learns(tmp_path, method):
     env = dict(os.environ, OMP_NUM_THREADS="1")  # one thread, as in the calibration, for identical numbers
-    result = subprocess.run([sys.executable, PEARL_SCRIPT, "--runs-dir", str(tmp_path), "--seed", str(CHECKED_SEED["pearl"])],
-                            capture_output=True, text=True, cwd=ROOT, env=env, timeout=3000)
+    result = subprocess.run([sys.executable, OFF_POLICY_SCRIPTS[method], "--runs-dir", str(tmp_path), "--seed",
+                             str(CHECKED_SEED[method])], capture_output=True, text=True, cwd=ROOT, env=env, timeout=3000)
     assert result.returncode == 0, result.stderr[-3000:]
     figures = learning_figures(only_run_dir(tmp_path))
-    assert figures["late_evaluations"] == PEARL_LATE_EVALUATIONS and "late_nmi" not in figures
-    limit = thresholds("pearl")["late_episode_2_gain"]
+    assert figures["late_evaluations"] == OFF_POLICY_LATE_EVALUATIONS and "late_nmi" not in figures
+    limit = thresholds(method)["late_episode_2_gain"]
     assert figures["late_episode_2_gain"] >= limit, \
-        f"pearl: episode-2 return gained only {figures['late_episode_2_gain']:.1f} over the untrained policy ({limit:.1f})"
-
+        f"{method}: episode-2 return gained only {figures['late_episode_2_gain']:.1f} over the untrained policy ({limit:.1f})"
