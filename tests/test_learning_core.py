@@ -153,21 +153,12 @@ def test_only_the_exploration_episode_earns_the_weighted_cluster_bonuses():
     H, T, B = 4, 8, 3
     rng = np.random.default_rng(0)
     rewards = torch.as_tensor(rng.normal(0, 3, (T, B)), dtype=torch.float32)
-    rewards[1, 0], rewards[6, 2] = 40.0, -40.0  # beyond the +-10 clip once scaled
     cluster_probs = torch.as_tensor(rng.dirichlet(np.ones(4), (T + 1, B)), dtype=torch.float32)
     discounted = np.zeros((T, B))
-    for t in range(T):
+    for t in range(T):  # the discounted return restarts with every episode
         discounted[t] = rewards[t].numpy() + (args.gamma * discounted[t - 1] if t % H else 0.0)
-
-    def return_rms():  # a running std that has already seen a million returns of variance 1
-        rms = RunningMeanStd(shape=())
-        rms.var, rms.count = np.array(1.0), 1e6
-        return rms
-
-    expected_rms = return_rms()
-    expected_rms.update(discounted.flatten())
-    scaled = np.clip(rewards.numpy() / np.sqrt(expected_rms.var + 1e-8), -10, 10)
-    assert scaled.max() == 10 and scaled.min() == -10
+    scaled = rewards.numpy() / np.sqrt(discounted.var() + 1e-8)  # a fresh running std: this batch's variance
+    return_rms = lambda: RunningMeanStd(shape=())  # noqa: E731
     p = cluster_probs[: H + 1].double().numpy()
     entropy = -(p * np.log(p)).sum(-1)
     r_h, r_c = entropy[:-1] - entropy[1:], -(p[:-1] * np.log(p[:-1] / p[1:])).sum(-1)
@@ -183,6 +174,18 @@ def test_only_the_exploration_episode_earns_the_weighted_cluster_bonuses():
     plain, none_h, none_c = milet.shaped_rewards(rewards, cluster_probs, return_rms(), args, False)
     np.testing.assert_allclose(plain.numpy(), scaled, atol=1e-4)
     assert none_h is None and none_c is None
+
+
+def test_scaled_task_rewards_are_clipped_at_ten():
+    """A running std that has seen a million returns of variance 1 barely moves, so rewards of +-40 scale to about
+    +-40 and are clipped to +-10, while the others pass unchanged."""
+    args = milet.parse_args(["--episode-length", "4", "--num-envs", "4", "--num-minibatches", "2"])
+    rewards = torch.tensor([[40.0, 0.5], [-40.0, -2.0]]).repeat(4, 1)  # T = 8, B = 2
+    rms = RunningMeanStd(shape=())
+    rms.var, rms.count = np.array(1.0), 1e6
+    shaped, _, _ = milet.shaped_rewards(rewards, None, rms, args, False)
+    assert shaped[0, 0] == 10 and shaped[1, 0] == -10
+    np.testing.assert_allclose(shaped[:, 1].numpy(), rewards[:, 1].numpy() / np.sqrt(rms.var + 1e-8), rtol=1e-6)
 
 
 def cbvi_batch(obs_dim=3, action_dim=2, T=6, B=5):
@@ -218,6 +221,28 @@ def test_l_i_compares_consecutive_inferred_posteriors_from_two_steps_on():
     consistency = model.loss(obs, actions, rewards, next_obs)["consistency_l_i"]
     assert consistency > 0
     torch.testing.assert_close(consistency, expected)
+
+
+def test_the_elbo_takes_a_random_subset_of_prefixes_only_when_there_are_more_than_asked():
+    """num_prefixes >= T + 1 uses every prefix (the same loss as None, with no random draw), num_prefixes = T draws
+    a subset (another loss under the same seed)."""
+    T = 6
+    losses = {}
+    for prefixes in (None, T + 1, T + 5, T):
+        torch.manual_seed(0)
+        model = CBVI(3, 2, num_clusters=3, latent_dim=4, hidden_size=8, num_prefixes=prefixes)
+        losses[prefixes] = model.loss(*cbvi_batch(T=T))["total"]
+    assert losses[None] == losses[T + 1] == losses[T + 5] != losses[T]
+
+
+def test_the_cluster_head_learns_through_the_gumbel_sample_of_c():
+    """Eq. 4-5 under a relaxed sample of c (Appendix A): with the categorical KL and L_I off, the reconstruction and
+    KL_z still reach the cluster head, through the Gumbel-softmax sample that z is conditioned on; an argmax would
+    pass no gradient."""
+    torch.manual_seed(0)
+    model = CBVI(3, 2, num_clusters=3, latent_dim=4, hidden_size=8, cat_weight=0.0, lambda_i=0.0)
+    model.loss(*cbvi_batch())["total"].backward()
+    assert sum(p.grad.abs().sum() for p in model.cluster_head.parameters()) > 1e-6
 
 
 def build(flags):
@@ -354,8 +379,10 @@ def test_target_kl_stops_every_later_epoch_too(script):
         core = Core(script, 16, ["--update-epochs", "4", "--num-minibatches", "4"]
                     + ([] if target is None else ["--target-kl", str(target)]))
         actions, logprobs, values = core.act()
+        forwards = []
+        core.agent.actor_mean.register_forward_hook(lambda *_: forwards.append(1))  # each minibatch evaluated
         stats = core.update(torch.optim.Adam(core.agent.parameters(), lr=1e-2), actions, logprobs, torch.randn(16),
                             values, values)
-        steps[target] = stats["update_steps"]
+        steps[target] = (stats["update_steps"], len(forwards))
         assert stats["approx_kl"] > (0 if target is None else target)
-    assert steps == {None: 16, 1e-9: 1}
+    assert steps == {None: (16, 16), 1e-9: (1, 2)}  # with the stop, no later epoch even evaluates a minibatch
