@@ -188,7 +188,7 @@ def test_a_killed_run_resumes_to_the_same_evaluations_as_an_uninterrupted_run(tm
     """N iterations, SIGKILL, --resume for the rest == all iterations in one go (CPU, one thread). The kill comes
     right after the first resume.pt appears, mid-run: what the killed run wrote must still parse, and the resumed
     run drops the evaluations written after its checkpoint and recomputes them identically."""
-    flags = [*tiny(200), "--eval-every", "10", "--checkpoint-every", "5", "--no-cuda"]
+    flags = [*tiny(60), "--eval-every", "10", "--checkpoint-every", "5", "--no-cuda"]
     if script.endswith("rl2_ppo_continuous.py"):  # RL2 has no inference model: drop its flags
         flags = [f for i, f in enumerate(flags) if not (f.startswith("--vae") or flags[i - 1].startswith("--vae"))]
     one_thread = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -205,7 +205,7 @@ def test_a_killed_run_resumes_to_the_same_evaluations_as_an_uninterrupted_run(tm
     run_dir = only_run_dir(tmp_path / "cut")
     assert not os.path.exists(os.path.join(run_dir, "summary.json")), "the kill came too late to interrupt the run"
     checkpoint = torch.load(os.path.join(run_dir, "resume.pt"), weights_only=False)
-    assert 5 <= checkpoint["iteration"] < 200
+    assert 5 <= checkpoint["iteration"] < 60
     assert [json.loads(line)["iteration"] for line in open(os.path.join(run_dir, "eval.jsonl"))][0] == 0
     json.load(open(os.path.join(run_dir, "args.json")))
 
@@ -213,7 +213,7 @@ def test_a_killed_run_resumes_to_the_same_evaluations_as_an_uninterrupted_run(tm
                    cwd=ROOT, timeout=600)
     whole = open(os.path.join(only_run_dir(tmp_path / "whole"), "eval.jsonl")).readlines()
     resumed = open(os.path.join(run_dir, "eval.jsonl")).readlines()
-    assert len(whole) == 21 and resumed == whole
+    assert len(whole) == 7 and resumed == whole
     summaries = [json.load(open(os.path.join(d, "summary.json"))) for d in (only_run_dir(tmp_path / "whole"), run_dir)]
     assert summaries[0]["test_return_episode_2"] == summaries[1]["test_return_episode_2"]
 
