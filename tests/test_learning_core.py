@@ -223,7 +223,7 @@ def test_l_i_compares_consecutive_inferred_posteriors_from_two_steps_on():
     torch.testing.assert_close(consistency, expected)
 
 
-def test_the_elbo_takes_a_random_subset_of_prefixes_only_when_there_are_more_than_asked():
+def test_the_elbo_takes_a_random_subset_of_prefixes_only_when_there_are_more_than_asked(monkeypatch):
     """num_prefixes >= T + 1 uses every prefix (the same loss as None, with no random draw), num_prefixes = T draws
     a subset (another loss under the same seed)."""
     T = 6
@@ -233,6 +233,15 @@ def test_the_elbo_takes_a_random_subset_of_prefixes_only_when_there_are_more_tha
         model = CBVI(3, 2, num_clusters=3, latent_dim=4, hidden_size=8, num_prefixes=prefixes)
         losses[prefixes] = model.loss(*cbvi_batch(T=T))["total"]
     assert losses[None] == losses[T + 1] == losses[T + 5] != losses[T]
+    drawn, real_randperm = [], torch.randperm  # the subset is drawn from all T + 1 prefixes, the empty one included
+
+    def randperm(n, *args, **kwargs):
+        drawn.append(n)
+        return real_randperm(n, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "randperm", randperm)
+    CBVI(3, 2, num_clusters=3, latent_dim=4, hidden_size=8, num_prefixes=3).loss(*cbvi_batch(T=T))
+    assert drawn == [T + 1]
 
 
 def test_the_cluster_head_learns_through_the_gumbel_sample_of_c():
