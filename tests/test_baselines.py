@@ -138,6 +138,8 @@ def test_same_seed_same_numbers_on_cpu(tmp_path, method):
         run_baseline(method, tmp_path / name, *TINY[method], "--env-id", "PointGoal")
     a, b = (open(os.path.join(only_run_dir(tmp_path / name), "eval.jsonl")).read() for name in ("a", "b"))
     assert a == b
+    run_baseline(method, tmp_path / "c", *TINY[method], "--env-id", "PointGoal", "--seed", "2")
+    assert open(os.path.join(only_run_dir(tmp_path / "c"), "eval.jsonl")).read() != a  # another seed, other numbers
 
 
 def test_rl2_sequence_rerun_reproduces_the_rollout():

@@ -156,6 +156,9 @@ def test_same_seed_gives_the_same_numbers(tmp_path):
     first, second = (json.load(open(os.path.join(only_run_dir(tmp_path / n), "summary.json"))) for n in "ab")
     for key in ("test_return_episode_1", "test_return_episode_2", "nmi_per_step", "test_clusters_pred"):
         assert first[key] == second[key]
+    run_script(tmp_path / "c", *tiny(), "--seed", "4")  # another seed: other policies, noise and training tasks
+    other = json.load(open(os.path.join(only_run_dir(tmp_path / "c"), "summary.json")))
+    assert other["test_return_episode_2"] != first["test_return_episode_2"]
 
 
 def test_nan_loss_stops_with_the_term_named_and_keeps_the_checkpoint(tmp_path, monkeypatch):
