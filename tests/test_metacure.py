@@ -6,14 +6,13 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 import torch
 
 import metacure_sac_continuous as metacure
-from test_milet import ROOT, only_run_dir
+from test_milet import ROOT, kill_and_resume, only_run_dir
 
 SCRIPT = os.path.join(ROOT, "metacure_sac_continuous.py")
 # 2 iterations of 4 trials of 2 x 5 steps (40 frames each), 3 small gradient steps each, evaluated every iteration
@@ -188,23 +187,12 @@ def test_mujoco_envs_take_metacures_ant_goal_row(tmp_path):
 
 
 def test_a_killed_run_resumes_to_the_same_evaluations_as_an_uninterrupted_run(tmp_path):
+    """As tests/test_milet.py for the other scripts: killed after the first resume.pt, --resume, identical eval.jsonl.
+    The checkpoint holds the networks, the optimisers, the replay buffers and every random generator."""
     flags = [*TINY, "--total-timesteps", str(40 * 60), "--eval-every", "10", "--checkpoint-every", "5"]
-    run_metacure(tmp_path / "whole", *flags)
-    killed = subprocess.Popen([sys.executable, SCRIPT, "--runs-dir", str(tmp_path / "cut"), *flags], env=ONE_THREAD,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
-    while not (os.path.isdir(tmp_path / "cut") and os.listdir(tmp_path / "cut")
-               and os.path.exists(os.path.join(only_run_dir(tmp_path / "cut"), "resume.pt"))):
-        assert killed.poll() is None, "the run ended before its first checkpoint"
-        time.sleep(0.01)
-    killed.kill()
-    killed.wait()
-    run_dir = only_run_dir(tmp_path / "cut")
-    assert not os.path.exists(os.path.join(run_dir, "summary.json")), "the kill came too late to interrupt the run"
-    subprocess.run([sys.executable, SCRIPT, "--resume", run_dir], env=ONE_THREAD, check=True, capture_output=True,
-                   cwd=ROOT, timeout=600)
-    whole = open(os.path.join(only_run_dir(tmp_path / "whole"), "eval.jsonl")).readlines()
-    assert len(whole) == 7 and open(os.path.join(run_dir, "eval.jsonl")).readlines() == whole
-
+    whole, resumed = kill_and_resume(tmp_path, SCRIPT, flags)
+    lines = [open(os.path.join(d, "eval.jsonl")).readlines() for d in (whole, resumed)]
+    assert len(lines[0]) == 7 and lines[1] == lines[0]
 
 def test_the_script_is_a_leaf():
     """It imports the helper modules only, never another training script."""

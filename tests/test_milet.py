@@ -186,14 +186,10 @@ def test_nan_loss_stops_with_the_term_named_and_keeps_the_checkpoint(tmp_path, m
     assert json.load(open(os.path.join(run_dir, "args.json")))["seed"] == 1  # written when the run started
 
 
-@pytest.mark.parametrize("script", [SCRIPT, os.path.join(ROOT, "varibad_ppo_continuous.py"), os.path.join(ROOT, "rl2_ppo_continuous.py")])
-def test_a_killed_run_resumes_to_the_same_evaluations_as_an_uninterrupted_run(tmp_path, script):
-    """N iterations, SIGKILL, --resume for the rest == all iterations in one go (CPU, one thread). The kill comes
-    right after the first resume.pt appears, mid-run: what the killed run wrote must still parse, and the resumed
-    run drops the evaluations written after its checkpoint and recomputes them identically."""
-    flags = [*tiny(60), "--eval-every", "10", "--checkpoint-every", "5", "--no-cuda"]
-    if script.endswith("rl2_ppo_continuous.py"):  # RL2 has no inference model: drop its flags
-        flags = [f for i, f in enumerate(flags) if not (f.startswith("--vae") or flags[i - 1].startswith("--vae"))]
+def kill_and_resume(tmp_path, script: str, flags: list) -> tuple[str, str]:
+    """Run `script` with `flags` in one go, and again killed (SIGKILL) right after its first resume.pt appears,
+    mid-run, then continued with --resume; CPU, one thread. What the killed run wrote must still parse. Returns the
+    two run folders (whole, resumed), for the caller to compare."""
     one_thread = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run([sys.executable, script, "--runs-dir", str(tmp_path / "whole"), *flags], env=one_thread,
                    check=True, capture_output=True, cwd=ROOT, timeout=600)
@@ -208,16 +204,25 @@ def test_a_killed_run_resumes_to_the_same_evaluations_as_an_uninterrupted_run(tm
     run_dir = only_run_dir(tmp_path / "cut")
     assert not os.path.exists(os.path.join(run_dir, "summary.json")), "the kill came too late to interrupt the run"
     checkpoint = torch.load(os.path.join(run_dir, "resume.pt"), weights_only=False)
-    assert 5 <= checkpoint["iteration"] < 60
+    assert checkpoint["iteration"] >= 1
     assert [json.loads(line)["iteration"] for line in open(os.path.join(run_dir, "eval.jsonl"))][0] == 0
     json.load(open(os.path.join(run_dir, "args.json")))
-
     subprocess.run([sys.executable, script, "--resume", run_dir], env=one_thread, check=True, capture_output=True,
                    cwd=ROOT, timeout=600)
-    whole = open(os.path.join(only_run_dir(tmp_path / "whole"), "eval.jsonl")).readlines()
-    resumed = open(os.path.join(run_dir, "eval.jsonl")).readlines()
-    assert len(whole) == 7 and resumed == whole
-    summaries = [json.load(open(os.path.join(d, "summary.json"))) for d in (only_run_dir(tmp_path / "whole"), run_dir)]
+    return only_run_dir(tmp_path / "whole"), run_dir
+
+
+@pytest.mark.parametrize("script", [SCRIPT, os.path.join(ROOT, "varibad_ppo_continuous.py"), os.path.join(ROOT, "rl2_ppo_continuous.py")])
+def test_a_killed_run_resumes_to_the_same_evaluations_as_an_uninterrupted_run(tmp_path, script):
+    """60 iterations in one go == killed after the first checkpoint and resumed: the resumed run drops the
+    evaluations written after its checkpoint and recomputes them identically (eval.jsonl and summary)."""
+    flags = [*tiny(60), "--eval-every", "10", "--checkpoint-every", "5", "--no-cuda"]
+    if script.endswith("rl2_ppo_continuous.py"):  # RL2 has no inference model: drop its flags
+        flags = [f for i, f in enumerate(flags) if not (f.startswith("--vae") or flags[i - 1].startswith("--vae"))]
+    whole, resumed = kill_and_resume(tmp_path, script, flags)
+    lines = [open(os.path.join(d, "eval.jsonl")).readlines() for d in (whole, resumed)]
+    assert len(lines[0]) == 7 and lines[1] == lines[0]
+    summaries = [json.load(open(os.path.join(d, "summary.json"))) for d in (whole, resumed)]
     assert summaries[0]["test_return_episode_2"] == summaries[1]["test_return_episode_2"]
 
 

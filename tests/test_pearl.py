@@ -5,7 +5,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -13,7 +12,7 @@ import torch
 from torch.distributions import Normal
 
 import pearl_sac_continuous as pearl
-from test_milet import ROOT, only_run_dir
+from test_milet import ROOT, kill_and_resume, only_run_dir
 
 SCRIPT = os.path.join(ROOT, "pearl_sac_continuous.py")
 # 2 iterations of 4 trials of 2 x 5 steps (40 frames each), 3 small gradient steps each, evaluated every iteration
@@ -161,28 +160,12 @@ def test_same_seed_same_numbers_on_cpu(tmp_path):
 
 
 def test_a_killed_run_resumes_to_the_same_evaluations_as_an_uninterrupted_run(tmp_path):
-    """As tests/test_milet.py for the other scripts: SIGKILL after the first resume.pt, --resume, identical eval.jsonl.
-    The checkpoint holds the networks, the four optimisers, both replay buffers and every random generator."""
+    """As tests/test_milet.py for the other scripts: killed after the first resume.pt, --resume, identical eval.jsonl.
+    The checkpoint holds the networks, the optimisers, the replay buffers and every random generator."""
     flags = [*TINY, "--total-timesteps", str(40 * 60), "--eval-every", "10", "--checkpoint-every", "5"]
-    run_pearl(tmp_path / "whole", *flags)
-    killed = subprocess.Popen([sys.executable, SCRIPT, "--runs-dir", str(tmp_path / "cut"), *flags], env=ONE_THREAD,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
-    while not (os.path.isdir(tmp_path / "cut") and os.listdir(tmp_path / "cut")
-               and os.path.exists(os.path.join(only_run_dir(tmp_path / "cut"), "resume.pt"))):
-        assert killed.poll() is None, "the run ended before its first checkpoint"
-        time.sleep(0.01)
-    killed.kill()
-    killed.wait()
-    run_dir = only_run_dir(tmp_path / "cut")
-    assert not os.path.exists(os.path.join(run_dir, "summary.json")), "the kill came too late to interrupt the run"
-    checkpoint = torch.load(os.path.join(run_dir, "resume.pt"), weights_only=False)
-    assert 5 <= checkpoint["iteration"] < 60
-    subprocess.run([sys.executable, SCRIPT, "--resume", run_dir], env=ONE_THREAD, check=True, capture_output=True,
-                   cwd=ROOT, timeout=600)
-    whole = open(os.path.join(only_run_dir(tmp_path / "whole"), "eval.jsonl")).readlines()
-    resumed = open(os.path.join(run_dir, "eval.jsonl")).readlines()
-    assert len(whole) == 7 and resumed == whole
-
+    whole, resumed = kill_and_resume(tmp_path, SCRIPT, flags)
+    lines = [open(os.path.join(d, "eval.jsonl")).readlines() for d in (whole, resumed)]
+    assert len(lines[0]) == 7 and lines[1] == lines[0]
 
 def test_bad_resume_is_one_line(tmp_path):
     result = subprocess.run([sys.executable, SCRIPT, "--resume", str(tmp_path)], capture_output=True, text=True, cwd=ROOT, timeout=600)
