@@ -682,7 +682,7 @@ if __name__ == "__main__":
                 record[f"train_nmi_{name}"] = float(normalized_mutual_info_score(train_clusters["true"],
                                                                                  train_clusters[name]))
                 writer.add_scalar(f"charts/train_nmi_{name}", record[f"train_nmi_{name}"], global_step)
-            train_clusters = {"true": [], "step_20": [], "end_of_exploration": []}
+            train_clusters = {name: [] for name in train_clusters}  # the next evaluation scores the trials after this
             meta_test.log_evaluation(writer, run_dir, eval_lines, record)
             if args.save_model:
                 save_checkpoint(checkpoint_path, args, cbvi, explore_agent, exploit_agent, obs_rms, iteration,
