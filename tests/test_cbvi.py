@@ -353,13 +353,14 @@ def clustered_trials(B, T, generator=None):
     return obs, act, rew, nxt, labels
 
 
-def train_and_score(seed, steps=800, T=30, B=32):
+def train_and_score(seed, steps=500, T=30, B=32):
     """Train CBVI on fresh clustered trials; NMI of argmax q(c | full trial) on held-out trials.
 
     Settings: kl_weight 0.01 (the authors' Ant value, on the averaged reconstruction) and cat_weight 0 (the
     categorical KL to uniform and the Gumbel noise work against committing to clusters; the KL to the
     cluster-specific prior is what rewards it). Calibrated over seeds 0-3 with lambda_i 1 and 1e-3: every run
-    reached NMI 1.0.
+    reached NMI 1.0 at 800 steps. Re-measured at lambda_i 1 (2026-12-02): NMI 1.0 on every seed at 400 steps, 0.67-0.81
+    at 250; 500 steps keep a margin above the 0.9 threshold at half the former time.
     """
     torch.manual_seed(seed)
     m = CBVI(2, 2, latent_dim=4, action_embed=8, state_embed=16, reward_embed=8,

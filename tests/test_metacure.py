@@ -189,7 +189,7 @@ def test_mujoco_envs_take_metacures_ant_goal_row(tmp_path):
 def test_a_killed_run_resumes_to_the_same_evaluations_as_an_uninterrupted_run(tmp_path):
     """As tests/test_milet.py for the other scripts: killed after the first resume.pt, --resume, identical eval.jsonl.
     The checkpoint holds the networks, the optimisers, the replay buffers and every random generator."""
-    flags = [*TINY, "--total-timesteps", str(40 * 60), "--eval-every", "10", "--checkpoint-every", "5"]
+    flags = [*TINY, "--total-timesteps", str(40 * 24), "--eval-every", "4", "--checkpoint-every", "5"]
     whole, resumed = kill_and_resume(tmp_path, SCRIPT, flags)
     lines = [open(os.path.join(d, "eval.jsonl")).readlines() for d in (whole, resumed)]
     assert len(lines[0]) == 7 and lines[1] == lines[0]

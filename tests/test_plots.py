@@ -11,6 +11,8 @@ import plots
 from test_milet import ROOT, SCRIPT, tiny
 
 PLOTS = os.path.join(ROOT, "plots.py")
+# one pytest-xdist worker runs this file, so the module fixture's five tiny runs are trained once (pytest.ini)
+pytestmark = pytest.mark.xdist_group("plots_runs")
 
 
 @pytest.fixture(scope="module")
