@@ -1,0 +1,116 @@
+"""Can CBVI cluster AntGoal tasks when the ant walks? (issue 25, point 3: "the encoder cannot cluster" against "the
+explorer does not move").
+
+MILET's AntGoal runs never leave the start: their ants end about 2 m (the goal radius) from every goal, and their
+NMI stays near chance. This script takes the policy out of the question. It rolls out a trained oracle
+(`varibad_ppo_continuous.py --oracle`, which walks to the goal it is told) on training tasks, trains MILET's AntGoal
+CBVI model (its own defaults, `milet_ppo_continuous.build_models`) on those trials exactly as the training loop
+does (batches of --batch-size whole trials, Adam, grad-norm clip 1, the target prior refreshed every
+--target-prior-every updates), and reports the NMI of argmax q(c | tau_:t) on the 32 test tasks (deterministic
+oracle) at step 20 and at the end of episode 1, beside the NMI ceiling. With --policy zero the trials are the ant
+standing still (zero actions), the control: those trials carry no cluster information.
+
+    python benchmarks/cbvi_on_walking_trials.py --oracle-run docs/run_data/antgoal/<oracle run with resume.pt>
+"""
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+from sklearn.metrics import normalized_mutual_info_score
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import envs_clustered  # noqa: E402
+import milet_ppo_continuous as milet  # noqa: E402
+import varibad_ppo_continuous as varibad  # noqa: E402
+from gymnasium.wrappers.utils import RunningMeanStd  # noqa: E402
+
+parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+parser.add_argument("--oracle-run", required=True, help="a finished oracle run folder with its resume.pt")
+parser.add_argument("--policy", choices=("oracle", "zero"), default="oracle")
+parser.add_argument("--trials", type=int, default=1600, help="training trials collected (16 per batch)")
+parser.add_argument("--updates", type=int, default=1500, help="CBVI updates")
+parser.add_argument("--batch-size", type=int, default=50)
+parser.add_argument("--target-prior-every", type=int, default=50)
+parser.add_argument("--seed", type=int, default=1)
+opts = parser.parse_args()
+torch.manual_seed(opts.seed)
+torch.set_num_threads(1)
+
+checkpoint = torch.load(os.path.join(opts.oracle_run, "resume.pt"), weights_only=False)
+oracle_args = varibad.parse_args(["--env-id", "AntGoal", "--oracle"])
+envs = envs_clustered.make_vector_env("AntGoal", 16, episode_length=100, num_episodes=2, seed=opts.seed,
+                                      physics_threads=1)
+obs_dim, action_dim = envs.single_observation_space.shape[0], envs.single_action_space.shape[0]
+agent = varibad.Agent(obs_dim + 1 + 2, action_dim, oracle_args.policy_layers, oracle_args.init_logstd)
+agent.load_state_dict(checkpoint["agent"])
+obs_rms = RunningMeanStd(shape=(obs_dim,))
+obs_rms.mean, obs_rms.var, obs_rms.count = checkpoint["rms"][0]
+split = envs_clustered.make_task_split("AntGoal")
+T = 200
+
+
+@torch.no_grad()
+def rollout(tasks, clusters, deterministic):
+    """One trial per env: (obs, actions, rewards, next_obs) time-major, and the final distance to the goal."""
+    obs, info = envs.reset(options={"tasks": tasks, "clusters": clusters})
+    goals = torch.as_tensor(np.stack(info["task"]), dtype=torch.float32)
+    parts = {name: [] for name in ("obs", "actions", "rewards", "next_obs")}
+    for step in range(T):
+        if opts.policy == "zero":
+            action = torch.zeros(len(obs), action_dim)
+        else:
+            x = varibad.policy_input(obs, step, goals, obs_rms, oracle_args, "cpu")
+            action = agent.get_action_and_value(x, deterministic=deterministic)[0]
+        parts["obs"].append(torch.as_tensor(obs, dtype=torch.float32))
+        obs, reward, _, _, info = envs.step(action.numpy())
+        parts["actions"].append(action)
+        parts["rewards"].append(torch.as_tensor(reward, dtype=torch.float32))
+        parts["next_obs"].append(torch.as_tensor(np.stack(info["next_state"]), dtype=torch.float32))
+    distance = np.linalg.norm(np.stack(info["xy"]) - tasks, axis=-1)
+    return [torch.stack(parts[name]) for name in ("obs", "actions", "rewards", "next_obs")], distance
+
+
+start = time.time()
+rng = np.random.default_rng(opts.seed)
+trials, distances = [], []
+for _ in range(opts.trials // 16):
+    index = rng.integers(len(split.train_tasks), size=16)
+    trial, distance = rollout(split.train_tasks[index], split.train_clusters[index], deterministic=False)
+    trials.append(trial)
+    distances.append(distance)
+data = [torch.cat(parts, 1) for parts in zip(*trials)]  # (T, N, .)
+print(f"{data[1].shape[1]} training trials ({opts.policy}), median final distance {np.median(distances):.2f} m, "
+      f"{time.time() - start:.0f} s", flush=True)
+
+milet_args = milet.parse_args(["--env-id", "AntGoal", "--num-clusters", "4"])
+cbvi = milet.build_models(milet_args, obs_dim, action_dim, "cpu")[0]
+optimizer = torch.optim.Adam(cbvi.parameters(), lr=milet_args.vae_lr)
+test_trials = [rollout(split.test_tasks[i:i + 16], split.test_clusters[i:i + 16], deterministic=True)[0]
+               for i in (0, 16)]
+test_data = [torch.cat(parts, 1) for parts in zip(*test_trials)]
+ceiling = envs_clustered.nmi_ceiling(split)
+
+
+def test_nmi():
+    with torch.no_grad():
+        probs = cbvi.encode(test_data[1], test_data[3], test_data[2], sample=False).cluster_probs
+    return [normalized_mutual_info_score(split.test_clusters, probs[t].argmax(-1).numpy()) for t in (20, 100)]
+
+
+for update in range(1, opts.updates + 1):
+    index = torch.randint(data[1].shape[1], (opts.batch_size,))
+    losses = cbvi.loss(*(part[:, index] for part in data))
+    optimizer.zero_grad()
+    losses["total"].backward()
+    torch.nn.utils.clip_grad_norm_(cbvi.parameters(), 1.0)
+    optimizer.step()
+    if update % opts.target_prior_every == 0:
+        cbvi.refresh_target_prior()
+    if update % 250 == 0 or update == opts.updates:
+        nmi_20, nmi_100 = test_nmi()
+        print(f"update {update}: NMI step 20 {nmi_20:.3f}, end of episode 1 {nmi_100:.3f} (ceiling {ceiling:.3f}); "
+              f"reward reconstruction {losses['reward_reconstruction'].item():.3f}, "
+              f"kl_c {losses['kl_c'].item():.3f}, {time.time() - start:.0f} s", flush=True)
