@@ -10,7 +10,10 @@ does (batches of --batch-size whole trials, Adam, grad-norm clip 1, the target p
 oracle) at step 20 and at the end of episode 1, beside the NMI ceiling. With --policy zero the trials are the ant
 standing still (zero actions), the control: those trials carry no cluster information.
 
-    python benchmarks/cbvi_on_walking_trials.py --oracle-run docs/run_data/antgoal/<oracle run with resume.pt>
+    python benchmarks/cbvi_on_walking_trials.py --trials 800 --updates 1000
+
+The default policy file is the finished oracle seed 1 (`--target-kl 0.02`, 1e7 frames): its agent and observation
+normaliser, cut from that run's final resume.pt; any oracle resume.pt works too.
 """
 import argparse
 import os
@@ -28,7 +31,8 @@ import varibad_ppo_continuous as varibad  # noqa: E402
 from gymnasium.wrappers.utils import RunningMeanStd  # noqa: E402
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-parser.add_argument("--oracle-run", required=True, help="a finished oracle run folder with its resume.pt")
+parser.add_argument("--oracle-checkpoint", help="an oracle's resume.pt, or a file of its 'agent' and 'rms' entries",
+                    default="docs/run_data/antgoal/issue24_oracle_s1_targetkl002/final_policy.pt")
 parser.add_argument("--policy", choices=("oracle", "zero"), default="oracle")
 parser.add_argument("--trials", type=int, default=1600, help="training trials collected (16 per batch)")
 parser.add_argument("--updates", type=int, default=1500, help="CBVI updates")
@@ -39,17 +43,19 @@ opts = parser.parse_args()
 torch.manual_seed(opts.seed)
 torch.set_num_threads(1)
 
-checkpoint = torch.load(os.path.join(opts.oracle_run, "resume.pt"), weights_only=False)
+checkpoint = torch.load(opts.oracle_checkpoint, weights_only=False)
 oracle_args = varibad.parse_args(["--env-id", "AntGoal", "--oracle"])
-envs = envs_clustered.make_vector_env("AntGoal", 16, episode_length=100, num_episodes=2, seed=opts.seed,
+envs = envs_clustered.make_vector_env("AntGoal", 16, episode_length=oracle_args.episode_length, num_episodes=2, seed=opts.seed,
                                       physics_threads=1)
 obs_dim, action_dim = envs.single_observation_space.shape[0], envs.single_action_space.shape[0]
-agent = varibad.Agent(obs_dim + 1 + 2, action_dim, oracle_args.policy_layers, oracle_args.init_logstd)
+split = envs_clustered.make_task_split("AntGoal")
+T = 2 * oracle_args.episode_length  # one trial: the exploration episode and one exploitation episode
+# the oracle's policy input: state, t / T and the true goal
+agent = varibad.Agent(obs_dim + 1 + split.train_tasks.shape[1], action_dim, oracle_args.policy_layers,
+                      oracle_args.init_logstd)
 agent.load_state_dict(checkpoint["agent"])
 obs_rms = RunningMeanStd(shape=(obs_dim,))
 obs_rms.mean, obs_rms.var, obs_rms.count = checkpoint["rms"][0]
-split = envs_clustered.make_task_split("AntGoal")
-T = 200
 
 
 @torch.no_grad()

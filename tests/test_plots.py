@@ -11,11 +11,9 @@ import plots
 from test_milet import ROOT, SCRIPT, tiny
 
 PLOTS = os.path.join(ROOT, "plots.py")
-# one pytest-xdist worker runs this file, so the fixture's five tiny runs are trained once (pytest.ini)
-pytestmark = pytest.mark.xdist_group("plots_runs")
 
 
-@pytest.fixture(scope="session")  # session, not module: xdist interleaves other files, which tore a module fixture down
+@pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """Two seeds of a tiny PointGoal run, one tiny HopperRandParams run, one PointGoal run of another group and one
     with --num-clusters auto."""
