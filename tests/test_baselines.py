@@ -2,7 +2,6 @@
 the shared evaluation protocol (same keys as MILET, NMI omitted), reproducibility, and plots.py on their runs."""
 import json
 import os
-import subprocess
 import sys
 
 import numpy as np
@@ -11,6 +10,7 @@ import torch
 from gymnasium.wrappers.utils import RunningMeanStd
 
 import envs_clustered
+import launch
 import plots
 import rl2_ppo_continuous as rl2
 from test_milet import ROOT, SCRIPT, only_run_dir, tiny
@@ -25,11 +25,7 @@ TINY = {  # 2 iterations of 4 trials of 2 x 5 steps (40 frames each), evaluated 
 
 
 def run_baseline(method, tmp_path, *flags, check=True):
-    result = subprocess.run([sys.executable, BASELINES[method], "--runs-dir", str(tmp_path), *flags],
-                            capture_output=True, text=True, cwd=ROOT, timeout=600)
-    if check:
-        assert result.returncode == 0, result.stderr[-3000:]
-    return result
+    return launch.run_script(BASELINES[method], "--runs-dir", tmp_path, *flags, check=check)  # in-process
 
 
 @pytest.mark.parametrize("method", BASELINES)
@@ -116,8 +112,7 @@ def test_baselines_and_milet_share_the_untrained_protocol(tmp_path):
     for method in BASELINES:
         run_baseline(method, tmp_path / method, *TINY[method])
         returns[method] = json.loads(open(os.path.join(only_run_dir(tmp_path / method), "eval.jsonl")).readline())
-    subprocess.run([sys.executable, SCRIPT, "--runs-dir", str(tmp_path / "milet"), *tiny()], check=True,
-                   capture_output=True, cwd=ROOT, timeout=600)
+    launch.run_script(SCRIPT, "--runs-dir", tmp_path / "milet", *tiny(), check=True)
     returns["milet"] = json.loads(open(os.path.join(only_run_dir(tmp_path / "milet"), "eval.jsonl")).readline())
     assert returns["milet"]["test_clusters_true"] == returns["rl2"]["test_clusters_true"] == returns["varibad"]["test_clusters_true"]
     for method, record in returns.items():

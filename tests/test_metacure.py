@@ -4,13 +4,12 @@ script is a leaf."""
 import ast
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 
+import launch
 import metacure_sac_continuous as metacure
 from test_milet import ROOT, kill_and_resume, only_run_dir
 
@@ -18,15 +17,10 @@ SCRIPT = os.path.join(ROOT, "metacure_sac_continuous.py")
 # 2 iterations of 4 trials of 2 x 5 steps (40 frames each), 3 small gradient steps each, evaluated every iteration
 TINY = ["--episode-length", "5", "--num-envs", "4", "--total-timesteps", "80", "--meta-batch", "2", "--batch-size",
         "8", "--updates-per-iteration", "3", "--eval-every", "1", "--no-cuda"]
-ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 def run_metacure(tmp_path, *flags, check=True):
-    result = subprocess.run([sys.executable, SCRIPT, "--runs-dir", str(tmp_path), *flags], capture_output=True,
-                            text=True, cwd=ROOT, env=ONE_THREAD, timeout=600)
-    if check:
-        assert result.returncode == 0, result.stderr[-3000:]
-    return result
+    return launch.run_script(SCRIPT, "--runs-dir", tmp_path, *flags, check=check)  # in-process, one torch thread
 
 
 def tiny_learner(seed: int = 0, **overrides):
@@ -159,8 +153,7 @@ def test_bad_input_is_rejected_with_one_line_before_anything_is_written(tmp_path
 def test_tiny_run_writes_the_same_keys_as_pearl_and_another_seed_other_numbers(tmp_path):
     run_metacure(tmp_path / "metacure", *TINY)
     pearl_tiny = [*TINY, "--context-size", "4"]
-    subprocess.run([sys.executable, os.path.join(ROOT, "pearl_sac_continuous.py"), "--runs-dir", str(tmp_path / "pearl"),
-                    *pearl_tiny], check=True, capture_output=True, cwd=ROOT, env=ONE_THREAD, timeout=600)
+    launch.run_script("pearl_sac_continuous.py", "--runs-dir", tmp_path / "pearl", *pearl_tiny, check=True)
     runs = {name: only_run_dir(tmp_path / name) for name in ("metacure", "pearl")}
     records = {name: [json.loads(line) for line in open(os.path.join(d, "eval.jsonl"))] for name, d in runs.items()}
     summaries = {name: json.load(open(os.path.join(d, "summary.json"))) for name, d in runs.items()}

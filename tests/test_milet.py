@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import envs_clustered
+import launch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "milet_ppo_continuous.py")
@@ -23,11 +24,8 @@ def tiny(iterations=2):
 
 
 def run_script(tmp_path, *flags, check=True):
-    result = subprocess.run([sys.executable, SCRIPT, "--runs-dir", str(tmp_path), *flags],
-                            capture_output=True, text=True, cwd=ROOT, timeout=600)
-    if check:
-        assert result.returncode == 0, result.stderr[-3000:]
-    return result
+    """`python milet_ppo_continuous.py --runs-dir tmp_path flags...`, run inside the test process (tests/launch.py)."""
+    return launch.run_script(SCRIPT, "--runs-dir", tmp_path, *flags, check=check)
 
 
 def only_run_dir(tmp_path):
@@ -79,12 +77,10 @@ def test_resuming_another_scripts_run_is_one_line_and_leaves_it_whole(tmp_path):
     """milet --resume on a VariBAD run folder (its args have --oracle, which MILET has not) used to end in a
     TypeError; now one line names the flags and the run folder is left as it was."""
     varibad = os.path.join(ROOT, "varibad_ppo_continuous.py")
-    subprocess.run([sys.executable, varibad, "--runs-dir", str(tmp_path), *tiny(1), "--checkpoint-every", "1"],
-                   check=True, capture_output=True, cwd=ROOT, timeout=600)
+    launch.run_script(varibad, "--runs-dir", tmp_path, *tiny(1), "--checkpoint-every", "1", check=True)
     run_dir = only_run_dir(tmp_path)
     before = {name: open(os.path.join(run_dir, name), "rb").read() for name in os.listdir(run_dir)}
-    result = subprocess.run([sys.executable, SCRIPT, "--resume", run_dir], capture_output=True, text=True, cwd=ROOT,
-                            timeout=600)
+    result = launch.run_script(SCRIPT, "--resume", run_dir)
     assert result.returncode != 0 and len(result.stderr.strip().splitlines()) == 1
     assert "is not a run of milet_ppo_continuous.py" in result.stderr and "--oracle" in result.stderr
     assert {name: open(os.path.join(run_dir, name), "rb").read() for name in os.listdir(run_dir)} == before
@@ -142,8 +138,7 @@ def test_checkpoint_reruns_the_same_evaluation(tmp_path):
     run_script(tmp_path, *tiny(), "--save-model")
     run_dir = only_run_dir(tmp_path)
     summary = json.load(open(os.path.join(run_dir, "summary.json")))
-    result = subprocess.run([sys.executable, SCRIPT, "--eval-checkpoint", os.path.join(run_dir, "milet_ppo_continuous.pt")],
-                            capture_output=True, text=True, cwd=ROOT, timeout=300)
+    result = launch.run_script(SCRIPT, "--eval-checkpoint", os.path.join(run_dir, "milet_ppo_continuous.pt"))
     assert result.returncode == 0, result.stderr[-3000:]
     rerun = json.loads(result.stdout.strip().splitlines()[-1])
     assert rerun["return_episode_2"] == pytest.approx(summary["test_return_episode_2"], abs=1e-5)
@@ -151,8 +146,11 @@ def test_checkpoint_reruns_the_same_evaluation(tmp_path):
 
 
 def test_same_seed_gives_the_same_numbers(tmp_path):
-    for name in ("a", "b"):
-        run_script(tmp_path / name, *tiny(), "--seed", "3")
+    """Run a is a process of its own, run b runs inside the test process, as most tests' runs do (tests/launch.py):
+    the two must agree to the last digit."""
+    subprocess.run([sys.executable, SCRIPT, "--runs-dir", str(tmp_path / "a"), *tiny(), "--seed", "3"], check=True,
+                   capture_output=True, cwd=ROOT, timeout=600)
+    run_script(tmp_path / "b", *tiny(), "--seed", "3")
     first, second = (json.load(open(os.path.join(only_run_dir(tmp_path / n), "summary.json"))) for n in "ab")
     for key in ("test_return_episode_1", "test_return_episode_2", "nmi_per_step", "test_clusters_pred"):
         assert first[key] == second[key]
@@ -191,8 +189,7 @@ def kill_and_resume(tmp_path, script: str, flags: list) -> tuple[str, str]:
     mid-run, then continued with --resume; CPU, one thread. What the killed run wrote must still parse. Returns the
     two run folders (whole, resumed), for the caller to compare."""
     one_thread = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, script, "--runs-dir", str(tmp_path / "whole"), *flags], env=one_thread,
-                   check=True, capture_output=True, cwd=ROOT, timeout=600)
+    launch.run_script(script, "--runs-dir", tmp_path / "whole", *flags, check=True)  # in-process: one torch thread
     killed = subprocess.Popen([sys.executable, script, "--runs-dir", str(tmp_path / "cut"), *flags], env=one_thread,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
     while not (os.path.isdir(tmp_path / "cut") and os.listdir(tmp_path / "cut")
@@ -207,8 +204,7 @@ def kill_and_resume(tmp_path, script: str, flags: list) -> tuple[str, str]:
     assert checkpoint["iteration"] >= 1
     assert [json.loads(line)["iteration"] for line in open(os.path.join(run_dir, "eval.jsonl"))][0] == 0
     json.load(open(os.path.join(run_dir, "args.json")))
-    subprocess.run([sys.executable, script, "--resume", run_dir], env=one_thread, check=True, capture_output=True,
-                   cwd=ROOT, timeout=600)
+    launch.run_script(script, "--resume", run_dir, check=True)
     return only_run_dir(tmp_path / "whole"), run_dir
 
 
@@ -231,8 +227,7 @@ def test_a_killed_run_resumes_to_the_same_evaluations_as_an_uninterrupted_run(tm
     ([], "no resume.pt in"),
 ])
 def test_bad_resume_is_one_line(tmp_path, flags, message):
-    result = subprocess.run([sys.executable, SCRIPT, "--resume", str(tmp_path), *flags], capture_output=True, text=True,
-                            cwd=ROOT, timeout=600)
+    result = launch.run_script(SCRIPT, "--resume", tmp_path, *flags)
     assert result.returncode != 0 and message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
 
@@ -244,12 +239,10 @@ def test_resuming_a_finished_run_changes_none_of_its_files(tmp_path):
     run_script(tmp_path, *tiny(2))
     run_dir = only_run_dir(tmp_path)
     before = {name: open(os.path.join(run_dir, name)).read() for name in ("eval.jsonl", "summary.json")}
-    result = subprocess.run([sys.executable, SCRIPT, "--resume", run_dir], capture_output=True, text=True, cwd=ROOT,
-                            timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
+    launch.run_script(SCRIPT, "--resume", run_dir, check=True)
     assert {name: open(os.path.join(run_dir, name)).read() for name in before} == before
     os.remove(os.path.join(run_dir, "summary.json"))  # a run killed after its last checkpoint: the summary is written
-    subprocess.run([sys.executable, SCRIPT, "--resume", run_dir], check=True, capture_output=True, cwd=ROOT, timeout=600)
+    launch.run_script(SCRIPT, "--resume", run_dir, check=True)
     assert json.load(open(os.path.join(run_dir, "summary.json")))["test_return_episode_2"] == \
         json.loads(before["summary.json"])["test_return_episode_2"]
 

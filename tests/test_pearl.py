@@ -3,14 +3,13 @@
 import ast
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 from torch.distributions import Normal
 
+import launch
 import pearl_sac_continuous as pearl
 from test_milet import ROOT, kill_and_resume, only_run_dir
 
@@ -20,15 +19,10 @@ TINY = ["--episode-length", "5", "--num-envs", "4", "--total-timesteps", "80", "
         "8", "--context-size", "4", "--updates-per-iteration", "3", "--eval-every", "1", "--no-cuda"]
 VARIBAD_TINY = ["--episode-length", "5", "--num-envs", "4", "--num-minibatches", "2", "--total-timesteps", "80",
                 "--vae-batch-size", "4", "--vae-num-prefixes", "3", "--vae-updates", "1", "--eval-every", "1", "--no-cuda"]
-ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 def run_pearl(tmp_path, *flags, check=True):
-    result = subprocess.run([sys.executable, SCRIPT, "--runs-dir", str(tmp_path), *flags], capture_output=True,
-                            text=True, cwd=ROOT, env=ONE_THREAD, timeout=600)
-    if check:
-        assert result.returncode == 0, result.stderr[-3000:]
-    return result
+    return launch.run_script(SCRIPT, "--runs-dir", tmp_path, *flags, check=check)  # in-process, one torch thread
 
 
 def test_product_of_gaussians_matches_the_normalised_product_of_densities():
@@ -114,8 +108,7 @@ def test_bad_input_is_rejected_with_one_line_before_anything_is_written(tmp_path
 
 def test_tiny_run_writes_the_same_keys_as_varibad(tmp_path):
     run_pearl(tmp_path / "pearl", *TINY)
-    subprocess.run([sys.executable, os.path.join(ROOT, "varibad_ppo_continuous.py"), "--runs-dir", str(tmp_path / "varibad"),
-                    *VARIBAD_TINY], check=True, capture_output=True, cwd=ROOT, env=ONE_THREAD, timeout=600)
+    launch.run_script("varibad_ppo_continuous.py", "--runs-dir", tmp_path / "varibad", *VARIBAD_TINY, check=True)
     runs = {name: only_run_dir(tmp_path / name) for name in ("pearl", "varibad")}
     records = {name: [json.loads(line) for line in open(os.path.join(d, "eval.jsonl"))] for name, d in runs.items()}
     summaries = {name: json.load(open(os.path.join(d, "summary.json"))) for name, d in runs.items()}
@@ -168,7 +161,7 @@ def test_a_killed_run_resumes_to_the_same_evaluations_as_an_uninterrupted_run(tm
     assert len(lines[0]) == 7 and lines[1] == lines[0]
 
 def test_bad_resume_is_one_line(tmp_path):
-    result = subprocess.run([sys.executable, SCRIPT, "--resume", str(tmp_path)], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    result = launch.run_script(SCRIPT, "--resume", tmp_path)
     assert result.returncode != 0 and "no resume.pt in" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
 

@@ -1,12 +1,11 @@
 """plots.py on tiny real training runs: every figure is written, shows what the runs logged, and bad input fails in one line."""
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
+import launch
 import plots
 from test_milet import ROOT, SCRIPT, tiny
 
@@ -23,8 +22,7 @@ def runs(tmp_path_factory):
                         "ablation": ["--no-exploration-policy", "--exp-name", "ablation"],
                         "hopper": ["--env-id", "HopperRandParams", "--lambda-s", "1"],
                         "auto": ["--num-clusters", "auto", "--max-clusters", "6", "--exp-name", "auto"]}.items():
-        subprocess.run([sys.executable, SCRIPT, "--runs-dir", str(root / name), *tiny(3), *flags],
-                       check=True, capture_output=True, cwd=ROOT, timeout=600)
+        launch.run_script(SCRIPT, "--runs-dir", str(root / name), *tiny(3), *flags, check=True)
         (made[name],) = [str(p) for p in (root / name).iterdir()]
     return made
 
@@ -153,8 +151,7 @@ def test_every_subcommand_writes_a_non_empty_image(runs, tmp_path, subcommand):
     target = {"curves": [runs["seed1"], runs["seed2"]], "traces": [runs["seed1"]], "nmi": [runs["seed1"]],
               "params": [runs["hopper"]], "schedules": [], "weights": [runs["auto"]]}[subcommand]
     out = tmp_path / f"{subcommand}.png"
-    result = subprocess.run([sys.executable, PLOTS, subcommand, *target, "--out", str(out)],
-                            capture_output=True, text=True, cwd=ROOT, timeout=300)
+    result = launch.run_script(PLOTS, subcommand, *target, "--out", str(out))
     assert result.returncode == 0, result.stderr
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 5000
 
@@ -174,7 +171,7 @@ def test_bad_input_is_one_line_without_traceback(runs, tmp_path):
              (["curves"], "give at least one run folder"),
              (["curves", runs["seed1"], str(running)], "share 1 evaluation step(s); is one still running")]
     for args, message in cases:
-        result = subprocess.run([sys.executable, PLOTS, *args], capture_output=True, text=True, cwd=ROOT, timeout=300)
+        result = launch.run_script(PLOTS, *args)
         assert result.returncode != 0 and message in result.stderr, (args, result.stderr)
         assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
@@ -197,8 +194,7 @@ def test_late_table_is_the_late_mean_and_its_standard_error(runs):
 
 def test_slim_copy_keeps_every_number_and_the_last_traces(runs, tmp_path):
     out = tmp_path / "slim"
-    result = subprocess.run([sys.executable, PLOTS, "slim", runs["seed1"], "--out", str(out)],
-                            capture_output=True, text=True, cwd=ROOT, timeout=300)
+    result = launch.run_script(PLOTS, "slim", runs["seed1"], "--out", str(out))
     assert result.returncode == 0, result.stderr
     full, slim = records(runs["seed1"]), records(out)
     assert slim[-1] == full[-1] and len(slim) == len(full) > 1

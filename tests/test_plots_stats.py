@@ -3,13 +3,12 @@ bootstrap CI, the probability of improvement, performance profiles, and the tabl
 import json
 import os
 import re
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 from rliable import metrics
 
+import launch
 import plots
 from test_milet import ROOT
 
@@ -148,16 +147,15 @@ def test_performance_profile_is_the_fraction_of_runs_above_each_threshold():
 def test_command_line_table_and_compare_on_run_folders(tmp_path):
     paths = [write_run(tmp_path, fake_run(group, seed, base + seed, 0.3 if group == "milet" else None))
              for group, base in (("milet", 0), ("varibad", -50)) for seed in (1, 2, 3)]
-    table = subprocess.run([sys.executable, PLOTS, "table", *paths, "--reps", "200"], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    table = launch.run_script(PLOTS, "table", *paths, "--reps", "200")
     assert table.returncode == 0, table.stderr
     assert "| PointGoal | milet | 3 | -8.0 [-9.0, -7.0] | 2.0 [1.0, 3.0] | 0.300 [0.300, 0.300] |" in table.stdout
     out = tmp_path / "compare.md"
-    compare = subprocess.run([sys.executable, PLOTS, "compare", "milet", "varibad", *paths, "--out", str(out), "--reps", "200"],
-                             capture_output=True, text=True, cwd=ROOT, timeout=300)
+    compare = launch.run_script(PLOTS, "compare", "milet", "varibad", *paths, "--out", str(out), "--reps", "200")
     assert compare.returncode == 0, compare.stderr
     assert "| PointGoal | 3 | 3 | 1.00 [1.00, 1.00] | n/a (varibad infers no clusters) |" in out.read_text()
     for args, message in ([["compare", "milet", "rl2", *paths], "no group 'rl2' among the runs"],
                           [["compare", "milet", "varibad", str(tmp_path / "missing")], "no run folder at"]):
-        result = subprocess.run([sys.executable, PLOTS, *args], capture_output=True, text=True, cwd=ROOT, timeout=300)
+        result = launch.run_script(PLOTS, *args)
         assert result.returncode != 0 and message in result.stderr, (args, result.stderr)
         assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
