@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 
+import launch
 from test_milet import ROOT
 
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
@@ -86,7 +87,7 @@ def test_the_local_pool_never_runs_more_than_workers_at_once():
 def test_bad_names_are_one_line_errors():
     for flags, message in ((["--variants", "milet", "milett"], "unknown variant milett; valid: milet, milet_no_exploration"),
                            (["--envs", "AntGoall"], "unknown env AntGoall; valid: PointGoal, AntGoal")):
-        result = run_sweep(*flags, "--dry-run")
+        result = launch.run_script(SWEEP, *flags, "--dry-run")  # in-process (tests/launch.py)
         assert result.returncode != 0 and message in result.stderr, result.stderr
         assert len(result.stderr.strip().splitlines()) == 1
 
