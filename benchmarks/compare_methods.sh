@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The sweep of MILET, its ablations, K = 2/4/6/8, VariBAD, RL2 and PEARL now runs through submitit in benchmarks/sweep.py
+# The sweep of MILET, its ablations, K = 2/4/6/8, VariBAD, RL2, PEARL and MetaCURE now runs through submitit in benchmarks/sweep.py
 # (on this machine or on a Slurm cluster; docs/sweeps.md). This wrapper keeps the old command working:
 #
 #   bash benchmarks/compare_methods.sh quick [sweep.py flags]   # = python benchmarks/sweep.py --preset quick [flags]

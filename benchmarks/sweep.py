@@ -1,8 +1,8 @@
-"""MILET, its Appendix E ablations, K = 2/4/6/8 clusters, VariBAD and RL2 over envs x seeds, through submitit: in a
+"""MILET, its Appendix E ablations, K = 2/4/6/8 clusters, VariBAD, RL2, PEARL and MetaCURE over envs x seeds, through submitit: in a
 bounded pool on this machine (`--executor local`, the default) or as a Slurm job array (`--executor slurm`); then
 the rliable table, the comparisons and the figures of plots.py. docs/sweeps.md says how to run it.
 
-    python benchmarks/sweep.py --preset quick                # PointGoal, 9 variants x seeds 1-3, 1M frames, 2 at a time
+    python benchmarks/sweep.py --preset quick                # PointGoal, 11 variants x seeds 1-3, 1M frames, 2 at a time
     python benchmarks/sweep.py --preset quick --dry-run      # what would run: each run's state and exact command
     python benchmarks/sweep.py --preset full --executor slurm --slurm-partition cpu --timeout-min 1440
 
@@ -46,6 +46,7 @@ VARIANTS = {
     "varibad": ("varibad_ppo_continuous.py", ()),
     "rl2": ("rl2_ppo_continuous.py", ()),
     "pearl": ("pearl_sac_continuous.py", ()),  # off-policy: about 45 minutes per 1M frames on one core (docs/pearl.md)
+    "metacure": ("metacure_sac_continuous.py", ()),  # off-policy too: about 20-40 minutes per 256k frames on one core
 }
 PRESETS = {  # frames None: each script's default budget for the env (the paper's)
     "quick": dict(envs=("PointGoal",), seeds=(1, 2, 3), frames=1_000_000, workers=2),
@@ -65,7 +66,7 @@ class Args:
     envs: Optional[tuple[str, ...]] = None
     """environments (default: the preset's)"""
     variants: tuple[str, ...] = tuple(VARIANTS)
-    """variants to run (default: all nine)"""
+    """variants to run (default: all eleven)"""
     seeds: Optional[tuple[int, ...]] = None
     """seeds (default: the preset's)"""
     frames: Optional[int] = None

@@ -25,7 +25,7 @@ def run_sweep(*flags, env=None):
 
 def test_quick_preset_expands_into_the_documented_commands(tmp_path):
     runs = sweep.expand(sweep.Args(out=str(tmp_path)))
-    assert len(runs) == 30 and {r.env_id for r in runs} == {"PointGoal"} and {r.seed for r in runs} == {1, 2, 3}
+    assert len(runs) == 33 and {r.env_id for r in runs} == {"PointGoal"} and {r.seed for r in runs} == {1, 2, 3}
     commands = {(r.variant, r.seed): r.command() for r in runs}
     folder = os.path.join(tmp_path, "runs", "PointGoal")
     assert commands["milet", 1] == ["python", "milet_ppo_continuous.py", "--env-id", "PointGoal", "--seed", "1", "--exp-name",
@@ -33,6 +33,7 @@ def test_quick_preset_expands_into_the_documented_commands(tmp_path):
     assert commands["milet_no_cr", 2][-4:] == ["--lambda-i", "0", "--lambda-p", "0"]
     assert commands["milet_k6", 3][-2:] == ["--num-clusters", "6"]
     assert commands["rl2", 3][:2] == ["python", "rl2_ppo_continuous.py"] and "--runs-dir" in commands["rl2", 3]
+    assert commands["metacure", 1][:2] == ["python", "metacure_sac_continuous.py"]  # issue 26
     full = sweep.expand(sweep.Args(preset="full", variants=("varibad",), seeds=(1,), out=str(tmp_path)))
     assert [r.env_id for r in full] == ["AntGoal", "AntGoalPartial", "AntU", "HumanoidDir", "HumanoidDirSparse",
                                         "HopperRandParams", "WalkerRandParams"]
@@ -173,7 +174,7 @@ def test_compare_methods_sh_is_a_thin_wrapper_of_sweep_py(tmp_path):
     result = subprocess.run(["bash", script, "quick", "--dry-run", "--out", str(tmp_path)], capture_output=True, text=True,
                             env=env, timeout=300)
     assert result.returncode == 0, result.stderr
-    assert "quick: 30 runs: 0 finished, 0 to resume, 30 to start" in result.stdout
-    assert result.stdout.count("\nstart    python ") == 30
+    assert "quick: 33 runs: 0 finished, 0 to resume, 33 to start" in result.stdout
+    assert result.stdout.count("\nstart    python ") == 33
     wrong = subprocess.run(["bash", script, "fast"], capture_output=True, text=True, env=env, timeout=60)
     assert wrong.returncode == 2 and "the mode is quick or full, not 'fast'" in wrong.stderr
