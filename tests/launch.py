@@ -16,6 +16,7 @@ import io
 import os
 import random
 import runpy
+import signal
 import subprocess
 import sys
 import traceback
@@ -26,8 +27,13 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run_script(script: str, *argv: str, check: bool = False) -> subprocess.CompletedProcess:
-    """`python script argv...` in this process, from the repository root. check=True asserts it exited with 0."""
+def _time_out(signum, frame):
+    raise TimeoutError("the in-process run passed its timeout")
+
+
+def run_script(script: str, *argv: str, check: bool = False, timeout: int = 600) -> subprocess.CompletedProcess:
+    """`python script argv...` in this process, from the repository root. check=True asserts it exited with 0; a run
+    still going after `timeout` seconds stops with a TimeoutError (SIGALRM), as subprocess.run(timeout=600) did."""
     path = script if os.path.isabs(script) else os.path.join(ROOT, script)
     argv = [str(a) for a in argv]
     saved = (sys.argv, list(sys.path), os.getcwd(), torch.get_num_threads(), torch.get_rng_state(),
@@ -35,6 +41,8 @@ def run_script(script: str, *argv: str, check: bool = False) -> subprocess.Compl
     stdout, stderr, returncode = io.StringIO(), io.StringIO(), 0
     sys.argv, sys.path[0:0] = [path, *argv], [os.path.dirname(path)]
     os.chdir(ROOT)
+    previous_handler = signal.signal(signal.SIGALRM, _time_out)
+    signal.alarm(timeout)
     try:
         with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
             try:
@@ -45,10 +53,14 @@ def run_script(script: str, *argv: str, check: bool = False) -> subprocess.Compl
                     returncode = 1
                 else:
                     returncode = stop.code or 0
+            except TimeoutError:
+                raise
             except Exception:  # noqa: BLE001  (an uncaught exception: its traceback, exit status 1)
                 traceback.print_exc()
                 returncode = 1
     finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous_handler)
         sys.argv, sys.path[:] = saved[0], saved[1]
         os.chdir(saved[2])
         torch.set_num_threads(saved[3])
