@@ -417,6 +417,17 @@ class TrialBuffer:
         return {"trials": trials, "capacity": self.capacity, "shapes": self.shapes, "size": self.size,
                 "position": self.position}
 
+    @staticmethod
+    def most_recent(state: dict, keep: int) -> dict:
+        """A ``state_dict`` cut to its ``keep`` most recent trials, oldest first, as a buffer that has seen only
+        those: small enough to commit, so that a run can be continued on another machine (``plots.py slim
+        --keep-trials``). The capacity and shapes stay, so ``load_state_dict`` takes it as it is."""
+        size, capacity = state["size"], state["capacity"]
+        oldest_first = [(state["position"] - size + i) % capacity for i in range(size)]
+        kept = oldest_first[max(size - keep, 0):]
+        return {**state, "trials": [state["trials"][slot] for slot in kept], "size": len(kept),
+                "position": len(kept) % capacity}
+
     def load_state_dict(self, state: dict) -> None:
         """Copy the checkpoint's trials into this buffer and release them from ``state``, so that a resumed run does
         not hold them twice; the checkpoint must have this buffer's capacity and shapes. A checkpoint of the

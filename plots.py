@@ -15,6 +15,7 @@ function can also be imported.
     python plots.py clusters runs/PointGoal__* --out clusters.png        # Table 1 as a figure: K = 2..8 and auto
     python plots.py weights runs/<auto run> --out weights.png            # --num-clusters auto: E[pi] over training
     python plots.py slim runs/<one run> --out docs/run_data/<name>       # a small copy of a run to keep in git
+    python plots.py slim runs/<run> --out docs/run_data/<name> --keep-trials 300  # + a resume.pt to continue elsewhere
 
 Runs are grouped into lines by a field of their arguments (`--group-by`, default `exp_name`). The statistics over
 the runs (seeds) of a group are those of Agarwal et al. (NeurIPS 2021), computed by the `rliable` package: the
@@ -38,10 +39,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import scipy.stats  # noqa: E402
+import torch  # noqa: E402
 import tyro  # noqa: E402
 
 import envs_clustered  # noqa: E402
 import meta_test  # noqa: E402
+from cbvi import TrialBuffer  # noqa: E402
 
 # Eq. 12's schedule parameters: the defaults of milet_ppo_continuous.Args (a test checks that they agree; a helper
 # module does not import a training script)
@@ -698,20 +701,46 @@ class Slim:
     """one run folder"""
     out: str = "slim_run"
     """the folder to write (e.g. docs/run_data/<name>; runs/ folders are ignored by git); files in it are replaced"""
+    keep_trials: Optional[int] = None
+    """also carry the run's resume.pt, its trial buffer cut to this many most recent trials (AntGoal: about 15 kB each),
+    so that `--resume <out>` continues it on another machine, not bit-identically (logged in carried.jsonl)"""
 
 
-def slim_run(run_path: str, out: str) -> str:
+def slim_run(run_path: str, out: str, keep_trials: Optional[int] = None) -> str:
     """Write the slim copy of ``run_path`` into ``out`` (see ``Slim``); every file is written atomically."""
+    if keep_trials is not None and keep_trials < 1:
+        raise SystemExit(f"plots.py: error: --keep-trials must be >= 1, got {keep_trials}")
+    if keep_trials is not None and not os.path.isfile(os.path.join(run_path, "resume.pt")):
+        raise SystemExit(f"plots.py: error: no resume.pt in {run_path} to carry")
     run = load_run(run_path)
     os.makedirs(out, exist_ok=True)
-    for name in ("args.json", "summary.json"):
-        if os.path.isfile(os.path.join(run.path, name)):
+    for name in ("args.json", "summary.json", "carried.jsonl"):
+        if os.path.isfile(os.path.join(run.path, name)) and os.path.realpath(run.path) != os.path.realpath(out):
             meta_test.write_atomic(os.path.join(out, name), open(os.path.join(run.path, name)).read())
+    if keep_trials is not None:
+        carry_checkpoint(run.path, out, keep_trials)
     lines = [json.dumps(record if i == len(run.records) - 1 else
                         {k: v for k, v in record.items() if not k.startswith("exploration_")})
              for i, record in enumerate(run.records)]
     meta_test.write_atomic(os.path.join(out, "eval.jsonl"), "\n".join(lines) + "\n")
     return out
+
+
+def carry_checkpoint(run_path: str, out: str, keep_trials: int) -> None:
+    """out/resume.pt: the run's checkpoint with each trial buffer (cbvi.TrialBuffer) cut to its ``keep_trials`` most
+    recent trials, marked as carried, and a line in out/carried.jsonl that says what was dropped where."""
+    state = torch.load(os.path.join(run_path, "resume.pt"), weights_only=False)
+    buffers = [name for name, value in state.items() if isinstance(value, dict) and "trials" in value]
+    in_buffer = sum(state[name]["size"] for name in buffers)
+    for name in buffers:
+        state[name] = TrialBuffer.most_recent(state[name], keep_trials)
+    note = {"iteration": state["iteration"], "global_step": state["global_step"],
+            "trials_kept": sum(state[name]["size"] for name in buffers), "trials_in_buffer": in_buffer}
+    state["carried"] = note
+    meta_test.torch_save_atomic(os.path.join(out, "resume.pt"), state)
+    log = os.path.join(out, "carried.jsonl")
+    earlier = open(log).read() if os.path.isfile(log) else ""
+    meta_test.write_atomic(log, earlier + json.dumps(note) + "\n")
 
 
 Command = Union[
@@ -727,7 +756,7 @@ Command = Union[
 def main(command) -> Optional[str]:
     """Run one subcommand; returns the file written (or the table)."""
     if isinstance(command, Slim):
-        return slim_run(command.run, command.out)
+        return slim_run(command.run, command.out, command.keep_trials)
     if command.out:  # a new folder in --out is made, as the training scripts make runs/
         os.makedirs(os.path.dirname(command.out) or ".", exist_ok=True)
     if isinstance(command, (Table, Compare, Late)):

@@ -308,6 +308,26 @@ def test_trial_buffer_state_dict_round_trip():
         other.load_state_dict(buffer.state_dict())
 
 
+@pytest.mark.parametrize("added, keep", [(2, 2), (7, 3), (7, 5), (3, 10)])
+def test_the_most_recent_trials_of_a_checkpoint_load_as_a_buffer_that_saw_only_them(added, keep):
+    """TrialBuffer.most_recent (plots.py slim --keep-trials): from a ring of capacity 5 that was given `added` trials
+    (wrapped for 7), the `keep` newest in the order they came, as a buffer holding just those, of the same capacity;
+    the next trial added goes after them."""
+    obs, act, rew, nxt = trial(8, added)
+    buffer = TrialBuffer(capacity=5, num_episodes=2, episode_length=4, obs_dim=S, action_dim=A)
+    for b in range(added):  # one trial at a time: trial b has actions act[:, b]
+        buffer.add(obs[:, b:b + 1], act[:, b:b + 1], rew[:, b:b + 1], nxt[:, b:b + 1])
+    cut = TrialBuffer.most_recent(buffer.state_dict(), keep)
+    copy = TrialBuffer(capacity=5, num_episodes=2, episode_length=4, obs_dim=S, action_dim=A)
+    copy.load_state_dict(cut)
+    newest = list(range(added))[-min(keep, 5, added):]
+    assert copy.size == len(newest) and copy.position == len(newest) % 5
+    for slot, b in enumerate(newest):
+        assert torch.equal(copy.trial(slot)[1], act[:, b].half())
+    copy.add(obs[:, :1], act[:, :1], rew[:, :1], nxt[:, :1])
+    assert torch.equal(copy.trial(len(newest) % 5)[1], act[:, 0].half())
+
+
 def test_trial_buffer_loads_a_checkpoint_of_the_uncompressed_layout():
     """resume.pt files written before the compression hold float16 states, actions and rewards tensors of the whole
     capacity: they load into the same trials, so an older run can be resumed."""

@@ -12,6 +12,7 @@ import torch
 
 import envs_clustered
 import launch
+import meta_test
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "milet_ppo_continuous.py")
@@ -220,6 +221,41 @@ def test_a_killed_run_resumes_to_the_same_evaluations_as_an_uninterrupted_run(tm
     assert len(lines[0]) == 7 and lines[1] == lines[0]
     summaries = [json.load(open(os.path.join(d, "summary.json"))) for d in (whole, resumed)]
     assert summaries[0]["test_return_episode_2"] == summaries[1]["test_return_episode_2"]
+
+
+def test_a_carried_checkpoint_continues_a_lost_run_from_its_most_recent_trials(tmp_path, monkeypatch):
+    """A run lost after its checkpoint of iteration 4 (its machine gone at iteration 8); `plots.py slim --keep-trials
+    3` keeps its numbers and a resume.pt whose trial buffer holds the 3 newest of its 16 trials and everything else
+    as it was; `--resume` on that copy says so, finishes the run after the evaluations it kept, and carried.jsonl
+    records the cut."""
+    log_evaluation = meta_test.log_evaluation
+
+    def machine_lost_at_8(writer, run_dir, eval_lines, record):
+        if record["iteration"] == 8:
+            raise RuntimeError("the machine is gone")
+        log_evaluation(writer, run_dir, eval_lines, record)
+
+    monkeypatch.setattr(meta_test, "log_evaluation", machine_lost_at_8)
+    assert run_script(tmp_path / "lost", *tiny(12), "--eval-every", "4", "--checkpoint-every", "4",
+                      check=False).returncode == 1
+    monkeypatch.undo()
+    lost, carried = only_run_dir(tmp_path / "lost"), tmp_path / "carried"
+    launch.run_script(os.path.join(ROOT, "plots.py"), "slim", lost, "--out", carried, "--keep-trials", "3", check=True)
+    full, cut = (torch.load(os.path.join(d, "resume.pt"), weights_only=False) for d in (lost, carried))
+    assert (full["iteration"], full["buffer"]["size"], cut["buffer"]["size"]) == (4, 16, 3)
+    assert all(torch.equal(a, b) for a, b in zip(cut["buffer"]["trials"], full["buffer"]["trials"][13:]))
+    for name in ("cbvi", "exploit_agent", "explore_agent"):
+        assert all(torch.equal(cut[name][key], value) for key, value in full[name].items())
+    resumed = launch.run_script(SCRIPT, "--resume", carried, check=True)
+    assert "resuming a carried checkpoint: its trial buffer keeps the 3 most recent of 16 trials" in resumed.stderr
+    records = [json.loads(line) for line in open(carried / "eval.jsonl")]
+    assert [r["iteration"] for r in records] == [0, 4, 8, 12] and records[-1]["global_step"] == 12 * 40
+    before = [json.loads(line) for line in open(os.path.join(lost, "eval.jsonl"))]
+    assert records[1] == before[1] and records[0] == {k: v for k, v in before[0].items()
+                                                      if not k.startswith("exploration_")}
+    assert [json.loads(line) for line in open(carried / "carried.jsonl")] == [
+        {"iteration": 4, "global_step": 160, "trials_kept": 3, "trials_in_buffer": 16}]
+    assert os.path.isfile(carried / "summary.json")
 
 
 @pytest.mark.parametrize("flags, message", [

@@ -207,6 +207,16 @@ def test_slim_copy_keeps_every_number_and_the_last_traces(runs, tmp_path):
 
 
 
+@pytest.mark.parametrize("run, keep, message", [
+    ("seed1", "0", "--keep-trials must be >= 1, got 0"),
+    (os.path.join(ROOT, "docs", "run_data", "antgoal", "issue25_milet_s1_1e7"), "10", "no resume.pt in"),
+])
+def test_carrying_a_checkpoint_that_cannot_be_carried_is_one_line(runs, tmp_path, run, keep, message):
+    result = launch.run_script(PLOTS, "slim", runs.get(run, run), "--out", str(tmp_path / "out"), "--keep-trials", keep)
+    assert result.returncode != 0 and message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not os.path.exists(tmp_path / "out" / "resume.pt")
+
+
 def test_curves_of_runs_without_clusters_have_no_nmi_panel():
     """A committed AntGoal oracle run (docs/run_data, no clusters): returns and final distances, no empty NMI axis."""
     run = os.path.join(ROOT, "docs", "run_data", "antgoal", "sweep", "r1_default")
