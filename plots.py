@@ -488,19 +488,21 @@ def comparison_table(runs: list[Run], a: str, b: str, group_by: str = "exp_name"
     return "\n".join(lines)
 
 
-def late_table(runs: list[Run], group_by: str = "exp_name", late: float = 0.8) -> str:
+def late_table(runs: list[Run], group_by: str = "exp_name", late: float = 0.8,
+               frames: Optional[tuple[float, float]] = None) -> str:
     """Markdown: per run, the late average of every episode's test return, of its median final distance to the goal
     (goal envs) and of the NMI at the end of exploration (where logged): the mean over the evaluations at >= `late`
-    of the run's last frame, +- the standard error over those evaluations; per group of several runs, the mean of
-    the runs' late averages +- its standard error over the runs (seeds)."""
+    of the run's last frame (or, given `frames`, at START <= frame <= END), +- the standard error over those
+    evaluations; per group of several runs, the mean of the runs' late averages +- its standard error over the runs
+    (seeds)."""
     keys = _episode_keys(runs)
     columns = keys + [f"final_distance_episode_{k[len('return_episode_'):]}_median" for k in keys]
-    columns.append("nmi_end_of_exploration")
+    columns += ["nmi_end_of_exploration", "train_nmi_end_of_exploration"]
     columns = [c for c in columns if any(c in r for run in runs for r in run.records)]
 
     def late_values(run: Run, key: str) -> list:
-        last = run.records[-1]["global_step"]
-        return [r[key] for r in run.records if r["global_step"] >= late * last and key in r]
+        start, end = frames or (late * run.records[-1]["global_step"], float("inf"))
+        return [r[key] for r in run.records if start <= r["global_step"] <= end and key in r]
 
     def cell(values) -> str:
         if not values:
@@ -508,7 +510,7 @@ def late_table(runs: list[Run], group_by: str = "exp_name", late: float = 0.8) -
         sem = np.std(values, ddof=1) / np.sqrt(len(values)) if len(values) > 1 else float("nan")
         return f"{np.mean(values):.3g} ± {sem:.2g}" if np.mean(np.abs(values)) < 10 else f"{np.mean(values):.1f} ± {sem:.1f}"
 
-    header = ["group", "run (seed)", "frames", "late evals"] + [c.replace("_", " ") for c in columns]
+    header = ["group", "run (seed)", "frames", "evals" if frames else "late evals"] + [c.replace("_", " ") for c in columns]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, members in group_runs(runs, group_by).items():
         for run in members:
@@ -637,6 +639,9 @@ class Late:
     """argument that groups runs"""
     late: float = 0.8
     """the late window starts at this fraction of each run's last frame"""
+    frames: Optional[tuple[float, float]] = None
+    """average over the evaluations with START <= frame <= END instead (e.g. --frames 1.6e6 3e6: runs of different
+    lengths compared over the same frames)"""
     out: Optional[str] = None
     """also write the table to this file"""
 
@@ -762,7 +767,7 @@ def main(command) -> Optional[str]:
     if isinstance(command, (Table, Compare, Late)):
         runs = load_runs(command.runs)
         if isinstance(command, Late):
-            text = late_table(runs, command.group_by, command.late)
+            text = late_table(runs, command.group_by, command.late, command.frames)
         elif isinstance(command, Table):
             text = results_table(runs, command.group_by, -1, command.stat, command.reps, command.bootstrap_seed)
         else:

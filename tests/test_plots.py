@@ -190,6 +190,10 @@ def test_late_table_is_the_late_mean_and_its_standard_error(runs):
         assert f"| {len(late)} |" in row
     group = next(line for line in table.splitlines() if "mean of 2 runs" in line)
     assert f"{np.mean(lates):.1f} ± {np.std(lates, ddof=1) / np.sqrt(2):.1f}" in group
+    window = plots.late_table(plots.load_runs([runs["seed1"]]), frames=(40, 80))  # --frames 40 80: evaluations 1, 2
+    values = [r["return_episode_2"] for r in records(runs["seed1"])[1:3]]
+    assert [r["global_step"] for r in records(runs["seed1"])[1:3]] == [40, 80]
+    assert "| 2 | " in window and f"{np.mean(values):.1f} ± {np.std(values, ddof=1) / np.sqrt(2):.1f}" in window
 
 
 def test_slim_copy_keeps_every_number_and_the_last_traces(runs, tmp_path):
