@@ -108,7 +108,10 @@ def evaluate(eval_envs, split, seed: int, num_episodes: int, episode_length: int
                       test_clusters_pred=predicted_clusters[-1].tolist(),
                       exploration_clusters=np.stack(predicted_clusters).T.tolist())  # (tasks, H): argmax per step
     if xy_trace is not None:  # (tasks, H+1, 2): the exploration episode's xy trace, for Fig. 3a
-        result["exploration_xy"] = np.round(np.stack(xy_trace).transpose(1, 0, 2), 3).tolist()
+        xy = np.stack(xy_trace).transpose(1, 0, 2)
+        # how far the exploration gets: per task the largest distance from its start, the median over the tasks
+        result["exploration_reach_median"] = float(np.median(np.linalg.norm(xy - xy[:, :1], axis=-1).max(1)))
+        result["exploration_xy"] = np.round(xy, 3).tolist()
     return result
 
 

@@ -497,7 +497,7 @@ def late_table(runs: list[Run], group_by: str = "exp_name", late: float = 0.8,
     (seeds)."""
     keys = _episode_keys(runs)
     columns = keys + [f"final_distance_episode_{k[len('return_episode_'):]}_median" for k in keys]
-    columns += ["nmi_end_of_exploration", "train_nmi_end_of_exploration"]
+    columns += ["exploration_reach_median", "nmi_end_of_exploration", "train_nmi_end_of_exploration"]
     columns = [c for c in columns if any(c in r for run in runs for r in run.records)]
 
     def late_values(run: Run, key: str) -> list:

@@ -87,13 +87,15 @@ def test_evaluation_logs_final_distance_and_standard_error(trials):
         assert record[f"return_episode_{k}_sem"] == pytest.approx(per_task.std(ddof=1) / np.sqrt(32))
         assert record[f"final_distance_episode_{k}"] == pytest.approx(2.0)
         assert record[f"final_distance_episode_{k}_median"] == pytest.approx(2.0)
+    assert record["exploration_reach_median"] == 0.0
     tasks, clusters = meta_test.eval_tasks(split, 32 * trials)
     np.testing.assert_array_equal(tasks[::trials], split.test_tasks)  # task by task
     np.testing.assert_array_equal(clusters[::trials], split.test_clusters)
 
 
 def test_final_distance_is_where_each_episode_ends():
-    """A point that walks at full speed towards (1, 0) for 10 steps ends 1 m along x, whatever its goal."""
+    """A point that walks at full speed towards (1, 0) for 10 steps ends 1 m along x, whatever its goal; that is
+    also the farthest its exploration gets from the start."""
     split = envs_clustered.make_task_split("PointGoal")
     envs = envs_clustered.make_vector_env("PointGoal", 32, episode_length=10)
     record = meta_test.evaluate(envs, split, 0, 2, 10, lambda obs, step: torch.tensor([[1.0, 0.0]]).repeat(32, 1),
@@ -101,6 +103,7 @@ def test_final_distance_is_where_each_episode_ends():
     distance = np.linalg.norm(split.test_tasks - np.array([1.0, 0.0]), axis=1)
     assert record["final_distance_episode_1"] == pytest.approx(distance.mean(), rel=1e-5)
     assert record["final_distance_episode_2_median"] == pytest.approx(np.median(distance), rel=1e-5)
+    assert record["exploration_reach_median"] == pytest.approx(1.0, rel=1e-5)  # the farthest from the start: the end
 
 
 def test_no_final_distance_where_there_is_no_goal():
