@@ -15,7 +15,7 @@ function can also be imported.
     python plots.py clusters runs/PointGoal__* --out clusters.png        # Table 1 as a figure: K = 2..8 and auto
     python plots.py weights runs/<auto run> --out weights.png            # --num-clusters auto: E[pi] over training
     python plots.py slim runs/<one run> --out docs/run_data/<name>       # a small copy of a run to keep in git
-    python plots.py slim runs/<run> --out docs/run_data/<name> --keep-trials 300  # + a resume.pt to continue elsewhere
+    python plots.py slim runs/<run> --out docs/run_data/<name> --keep-trials 200  # + a resume.pt to continue elsewhere
 
 Runs are grouped into lines by a field of their arguments (`--group-by`, default `exp_name`). The statistics over
 the runs (seeds) of a group are those of Agarwal et al. (NeurIPS 2021), computed by the `rliable` package: the
@@ -707,7 +707,7 @@ class Slim:
     out: str = "slim_run"
     """the folder to write (e.g. docs/run_data/<name>; runs/ folders are ignored by git); files in it are replaced"""
     keep_trials: Optional[int] = None
-    """also carry the run's resume.pt, its trial buffer cut to this many most recent trials (AntGoal: about 15 kB each),
+    """also carry the run's resume.pt, its trial buffer cut to this many most recent trials (AntGoal: 23 kB each),
     so that `--resume <out>` continues it on another machine, not bit-identically (logged in carried.jsonl)"""
 
 
