@@ -109,10 +109,14 @@ def evaluate(eval_envs, split, seed: int, num_episodes: int, episode_length: int
                       exploration_clusters=np.stack(predicted_clusters).T.tolist())  # (tasks, H): argmax per step
     if xy_trace is not None:  # (tasks, H+1, 2): the exploration episode's xy trace, for Fig. 3a
         xy = np.stack(xy_trace).transpose(1, 0, 2)
-        # how far the exploration gets: per task the largest distance from its start, the median over the tasks
-        result["exploration_reach_median"] = float(np.median(np.linalg.norm(xy - xy[:, :1], axis=-1).max(1)))
-        result["exploration_xy"] = np.round(xy, 3).tolist()
+        result.update(exploration_reach_median=exploration_reach(xy), exploration_xy=np.round(xy, 3).tolist())
     return result
+
+
+def exploration_reach(xy: np.ndarray) -> float:
+    """How far the exploration gets, from its xy traces (tasks, H+1, 2): per task the largest distance from its
+    start, the median over the tasks."""
+    return float(np.median(np.linalg.norm(xy - xy[:, :1], axis=-1).max(1)))
 
 
 def exit_with_error(message: str) -> None:

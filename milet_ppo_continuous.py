@@ -525,7 +525,7 @@ if __name__ == "__main__":
         split = envs_clustered.make_task_split(args.env_id, seed=args.task_seed, hold_out_ood=args.ood_eval)
         result = evaluate(args, cbvi.eval(), explore_agent, exploit_agent, obs_rms,
                           make_env(args, len(split.test_tasks) * args.eval_trials, args.seed + 1), split, "cpu")
-        print(json.dumps({k: v for k, v in result.items() if not k.startswith("exploration_")}))
+        print(json.dumps({k: v for k, v in result.items() if k not in ("exploration_xy", "exploration_clusters")}))
         sys.exit(0)
     resumed = None  # --resume: the checkpoint's state and the run's own args, restored once everything is built
     if args.resume is not None:

@@ -724,8 +724,11 @@ def slim_run(run_path: str, out: str, keep_trials: Optional[int] = None) -> str:
             meta_test.write_atomic(os.path.join(out, name), open(os.path.join(run.path, name)).read())
     if keep_trials is not None:
         carry_checkpoint(run.path, out, keep_trials)
-    lines = [json.dumps(record if i == len(run.records) - 1 else
-                        {k: v for k, v in record.items() if not k.startswith("exploration_")})
+    for record in run.records:  # runs from before the key: keep the reach of the traces the copy drops
+        if "exploration_xy" in record and "exploration_reach_median" not in record:
+            record["exploration_reach_median"] = meta_test.exploration_reach(np.array(record["exploration_xy"]))
+    traces = ("exploration_xy", "exploration_clusters")
+    lines = [json.dumps(record if i == len(run.records) - 1 else {k: v for k, v in record.items() if k not in traces})
              for i, record in enumerate(run.records)]
     meta_test.write_atomic(os.path.join(out, "eval.jsonl"), "\n".join(lines) + "\n")
     return out

@@ -203,12 +203,28 @@ def test_slim_copy_keeps_every_number_and_the_last_traces(runs, tmp_path):
     full, slim = records(runs["seed1"]), records(out)
     assert slim[-1] == full[-1] and len(slim) == len(full) > 1
     for kept, record in zip(slim[:-1], full[:-1]):
-        assert kept == {k: v for k, v in record.items() if not k.startswith("exploration_")}
-        assert "exploration_xy" in record and "exploration_xy" not in kept
+        assert kept == {k: v for k, v in record.items() if k not in ("exploration_xy", "exploration_clusters")}
+        assert "exploration_xy" in record and "exploration_xy" not in kept and "exploration_reach_median" in kept
     assert sorted(os.listdir(out)) == ["args.json", "eval.jsonl", "summary.json"]
     np.testing.assert_allclose(plots.plot_curves(plots.load_runs([str(out)])).axes[1].lines[0].get_ydata(),
                                [r["return_episode_2"] for r in full])
 
+
+
+def test_slim_copy_of_a_run_from_before_the_reach_key_keeps_the_reach_of_its_traces(runs, tmp_path):
+    """A run logged before exploration_reach_median existed: its slim copy, which drops the traces, gets the reach
+    computed from them: what an evaluation logs today, within the traces' rounding to 1 mm."""
+    old = tmp_path / "old"
+    old.mkdir()
+    full = records(runs["seed1"])
+    for name in ("args.json", "summary.json"):
+        (old / name).write_text(open(os.path.join(runs["seed1"], name)).read())
+    (old / "eval.jsonl").write_text("".join(json.dumps({k: v for k, v in r.items() if k != "exploration_reach_median"})
+                                            + "\n" for r in full))
+    launch.run_script(PLOTS, "slim", str(old), "--out", str(tmp_path / "slim"), check=True)
+    assert [r["exploration_reach_median"] for r in records(tmp_path / "slim")] == \
+        pytest.approx([r["exploration_reach_median"] for r in full], abs=2e-3)
+    assert len({r["exploration_reach_median"] for r in full}) > 1  # the runs move: the reach is not a constant
 
 
 @pytest.mark.parametrize("run, keep, message", [
