@@ -10,7 +10,13 @@ does (batches of --batch-size whole trials, Adam, grad-norm clip 1, the target p
 oracle) at step 20 and at the end of episode 1, beside the NMI ceiling. With --policy zero the trials are the ant
 standing still (zero actions), the control: those trials carry no cluster information.
 
+With --policy mixed, half the training trials walk and half stand still, and the script also reports what the
+exploration reward r_h (Eq. 10) pays on each kind of test trial: summed over episode 1 it is H(q_0) - H(q_H), and
+weighted by gamma_h(t) (Eq. 12) it is what the exploration policy is paid. The difference between walking and
+standing is the explorer's incentive to move; --cat-weight sets the weight of KL(q(c) || U(K)) it depends on.
+
     python benchmarks/cbvi_on_walking_trials.py --trials 800 --updates 1000
+    python benchmarks/cbvi_on_walking_trials.py --policy mixed --trials 800 --updates 1000 --cat-weight 0.001
 
 The default policy file is the finished oracle seed 1 (`--target-kl 0.02`, 1e7 frames): its agent and observation
 normaliser, cut from that run's final resume.pt; any oracle resume.pt works too.
@@ -33,7 +39,9 @@ from gymnasium.wrappers.utils import RunningMeanStd  # noqa: E402
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--oracle-checkpoint", help="an oracle's resume.pt, or a file of its 'agent' and 'rms' entries",
                     default="docs/run_data/antgoal/issue24_oracle_s1_targetkl002/final_policy.pt")
-parser.add_argument("--policy", choices=("oracle", "zero"), default="oracle")
+parser.add_argument("--policy", choices=("oracle", "zero", "mixed"), default="oracle",
+                    help="training trials: the oracle walking, the ant standing still, or half of each")
+parser.add_argument("--cat-weight", type=float, default=None, help="CBVI's --cat-weight (default: AntGoal's row)")
 parser.add_argument("--trials", type=int, default=1600, help="training trials collected (16 per batch)")
 parser.add_argument("--updates", type=int, default=1500, help="CBVI updates")
 parser.add_argument("--batch-size", type=int, default=50)
@@ -59,13 +67,13 @@ obs_rms.mean, obs_rms.var, obs_rms.count = checkpoint["rms"][0]
 
 
 @torch.no_grad()
-def rollout(tasks, clusters, deterministic):
+def rollout(tasks, clusters, deterministic, policy=opts.policy):
     """One trial per env: (obs, actions, rewards, next_obs) time-major, and the final distance to the goal."""
     obs, info = envs.reset(options={"tasks": tasks, "clusters": clusters})
     goals = torch.as_tensor(np.stack(info["task"]), dtype=torch.float32)
     parts = {name: [] for name in ("obs", "actions", "rewards", "next_obs")}
     for step in range(T):
-        if opts.policy == "zero":
+        if policy == "zero":
             action = torch.zeros(len(obs), action_dim)
         else:
             x = varibad.policy_input(obs, step, goals, obs_rms, oracle_args, "cpu")
@@ -82,28 +90,39 @@ def rollout(tasks, clusters, deterministic):
 start = time.time()
 rng = np.random.default_rng(opts.seed)
 trials, distances = [], []
-for _ in range(opts.trials // 16):
+for batch in range(opts.trials // 16):
     index = rng.integers(len(split.train_tasks), size=16)
-    trial, distance = rollout(split.train_tasks[index], split.train_clusters[index], deterministic=False)
+    policy = ("oracle", "zero")[batch % 2] if opts.policy == "mixed" else opts.policy
+    trial, distance = rollout(split.train_tasks[index], split.train_clusters[index], deterministic=False, policy=policy)
     trials.append(trial)
     distances.append(distance)
 data = [torch.cat(parts, 1) for parts in zip(*trials)]  # (T, N, .)
 print(f"{data[1].shape[1]} training trials ({opts.policy}), median final distance {np.median(distances):.2f} m, "
       f"{time.time() - start:.0f} s", flush=True)
 
-milet_args = milet.parse_args(["--env-id", "AntGoal", "--num-clusters", "4"])
+milet_args = milet.parse_args(["--env-id", "AntGoal", "--num-clusters", "4"]
+                              + ([] if opts.cat_weight is None else ["--cat-weight", str(opts.cat_weight)]))
 cbvi = milet.build_models(milet_args, obs_dim, action_dim, "cpu")[0]
 optimizer = torch.optim.Adam(cbvi.parameters(), lr=milet_args.vae_lr)
-test_trials = [rollout(split.test_tasks[i:i + 16], split.test_clusters[i:i + 16], deterministic=True)[0]
-               for i in (0, 16)]
-test_data = [torch.cat(parts, 1) for parts in zip(*test_trials)]
+kinds = ("oracle", "zero") if opts.policy == "mixed" else (opts.policy,)
+test_data = {kind: [torch.cat(parts, 1) for parts in zip(*[
+    rollout(split.test_tasks[i:i + 16], split.test_clusters[i:i + 16], deterministic=True, policy=kind)[0]
+    for i in (0, 16)])] for kind in kinds}
 ceiling = envs_clustered.nmi_ceiling(split)
+H = oracle_args.episode_length
+gamma_h = milet.reward_weights(torch.arange(H), H, milet_args)[0]
 
 
-def test_nmi():
+def test_report(kind):
+    """NMI at step 20 and at the end of episode 1, and r_h summed over episode 1, unweighted and weighted by gamma_h
+    (the mean over the 32 test tasks), on the test trials of one kind."""
+    obs, actions, rewards, next_obs = test_data[kind]
     with torch.no_grad():
-        probs = cbvi.encode(test_data[1], test_data[3], test_data[2], sample=False).cluster_probs
-    return [normalized_mutual_info_score(split.test_clusters, probs[t].argmax(-1).numpy()) for t in (20, 100)]
+        probs = cbvi.encode(actions, next_obs, rewards, sample=False).cluster_probs[:H + 1]
+    r_h = milet.exploration_rewards(probs)[0]  # (H, 32), Eq. 10
+    nmi = [normalized_mutual_info_score(split.test_clusters, probs[t].argmax(-1).numpy()) for t in (20, H)]
+    return (f"{kind}: NMI step 20 {nmi[0]:.3f}, end of episode 1 {nmi[1]:.3f} (ceiling {ceiling:.3f}), "
+            f"r_h per episode {r_h.sum(0).mean():.3f}, weighted by gamma_h {(gamma_h[:, None] * r_h).sum(0).mean():.4f}")
 
 
 for update in range(1, opts.updates + 1):
@@ -116,7 +135,6 @@ for update in range(1, opts.updates + 1):
     if update % opts.target_prior_every == 0:
         cbvi.refresh_target_prior()
     if update % 250 == 0 or update == opts.updates:
-        nmi_20, nmi_100 = test_nmi()
-        print(f"update {update}: NMI step 20 {nmi_20:.3f}, end of episode 1 {nmi_100:.3f} (ceiling {ceiling:.3f}); "
-              f"reward reconstruction {losses['reward_reconstruction'].item():.3f}, "
+        print(f"update {update}: " + "; ".join(test_report(kind) for kind in kinds)
+              + f"; reward reconstruction {losses['reward_reconstruction'].item():.3f}, "
               f"kl_c {losses['kl_c'].item():.3f}, {time.time() - start:.0f} s", flush=True)
