@@ -163,6 +163,9 @@ class Args:
     """also feed q(c | tau_:t) to both policies (our addition); --no-policy-cluster-probs: state, z mean, z var only"""
     exploration_policy: bool = True
     """separate exploration policy; --no-exploration-policy lets pi_phi act everywhere with no bonus (App. E)"""
+    credit_exploration: bool = False
+    """not in the paper: pi_psi's advantages also count the exploitation episodes' returns (GAE over the whole trial,
+    bootstrapped from pi_phi's critic where pi_phi takes over), so exploring pays through what pi_phi then earns"""
 
     # PPO (both policies)
     exploit_lr: float = 1e-3
@@ -260,6 +263,8 @@ def parse_args(argv: Optional[list[str]] = None) -> Args:
                                     "checkpoint_every"))
     if args.ood_eval and args.eval_trials > 1:
         meta_test.exit_with_error("--ood-eval scores one trial per task: use it with --eval-trials 1")
+    if args.credit_exploration and not args.exploration_policy:
+        meta_test.exit_with_error("--credit-exploration credits the exploration policy: drop --no-exploration-policy")
     if args.update_threads is not None and args.update_threads < 1:
         meta_test.exit_with_error(f"--update-threads must be >= 1, got {args.update_threads}")
     return args
@@ -362,6 +367,14 @@ def gae(rewards, values, gamma, gae_lambda):
         delta = rewards[t] + gamma * next_value - values[t]
         advantages[t] = last_gae = delta + gamma * gae_lambda * last_gae
     return advantages, advantages + values
+
+
+def segment_advantages(rewards, values, part: slice, args: Args, through_trial: bool = False):
+    """GAE of one policy's part of the trial (T, B). through_trial (--credit-exploration, not in the paper): GAE over
+    the whole trial, cut to the part, so the exploration episode is credited with the exploitation episodes' rewards."""
+    if through_trial:
+        return tuple(x[part] for x in gae(rewards, values, args.gamma, args.gae_lambda))
+    return gae(rewards[part], values[part], args.gamma, args.gae_lambda)
 
 
 def ppo_update(agent, optimizer, inputs, actions, logprobs, advantages, returns, values, ent_coef, args, iteration):
@@ -647,7 +660,8 @@ if __name__ == "__main__":
         # ALGO LOGIC (step 3): one PPO update of each policy on its own part of the trial
         torch.set_num_threads(args.update_threads)  # no env steps until the next rollout: torch may use every core
         for name, agent, optimizer, part, ent_coef in segments:
-            advantages, returns = gae(policy_rewards[part], values[part], args.gamma, args.gae_lambda)
+            advantages, returns = segment_advantages(policy_rewards, values, part, args,
+                                                     through_trial=args.credit_exploration and name == "explore")
             stats = ppo_update(agent, optimizer, inputs[part].flatten(0, 1), actions[part].flatten(0, 1),
                                logprobs[part].flatten(), advantages.flatten(), returns.flatten(),
                                values[part].flatten(), ent_coef, args, iteration)

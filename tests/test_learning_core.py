@@ -80,6 +80,30 @@ def test_gae_is_the_discounted_sum_of_td_errors_with_nothing_bootstrapped_past_t
     torch.testing.assert_close(returns, reward_to_go)
 
 
+def test_credit_exploration_runs_the_explorers_gae_through_the_exploitation_episode():
+    """MILET's exploration part (the first H of T steps): by default its own GAE, which bootstraps nothing past step
+    H; with --credit-exploration the whole trial's GAE cut to it, so that rewards of the exploitation episode reach
+    the explorer's advantages (discounted), and nothing changes for the exploitation part."""
+    torch.manual_seed(0)
+    H, T, args = 3, 6, milet.Args(gamma=0.9, gae_lambda=0.8)
+    rewards, values = torch.randn(T, 2), torch.randn(T, 2)
+    explore, exploit = slice(0, H), slice(H, T)
+    own = milet.segment_advantages(rewards, values, explore, args)
+    for got, expected in zip(own, milet.gae(rewards[explore], values[explore], 0.9, 0.8)):
+        torch.testing.assert_close(got, expected)
+    credited = milet.segment_advantages(rewards, values, explore, args, through_trial=True)
+    for got, expected in zip(credited, milet.gae(rewards, values, 0.9, 0.8)):
+        torch.testing.assert_close(got, expected[explore])
+    later = rewards.clone()
+    later[H] += 1.0  # one more unit of reward at the first exploitation step
+    moved = milet.segment_advantages(later, values, explore, args, through_trial=True)[0] - credited[0]
+    torch.testing.assert_close(moved, torch.tensor([(0.9 * 0.8) ** (H - t) for t in range(H)])[:, None].expand(H, 2))
+    torch.testing.assert_close(milet.segment_advantages(later, values, explore, args)[0], own[0])
+    for through_trial in (False, True):  # the exploitation part is the end of the trial: the same either way
+        torch.testing.assert_close(milet.segment_advantages(rewards, values, exploit, args, through_trial)[0],
+                                   milet.gae(rewards[exploit], values[exploit], 0.9, 0.8)[0])
+
+
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_one_update_makes_positive_advantage_actions_likelier_and_negative_ones_rarer(script):
     """Two samples of the same input, the mean action +- 0.5, advantages +1 and -1 (returns = values, so the value

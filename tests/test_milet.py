@@ -50,6 +50,7 @@ def only_run_dir(tmp_path):
     (["--exploit-lr", "0"], "--exploit-lr must be > 0, got 0.0"),
     (["--explore-lr", "-1e-4"], "--explore-lr must be > 0, got -0.0001"),
     (["--vae-lr", "nan"], "--vae-lr must be > 0, got nan"),
+    (["--credit-exploration", "--no-exploration-policy"], "--credit-exploration credits the exploration policy"),
 ])
 def test_bad_input_is_rejected_with_one_line(flags, message, monkeypatch):
     """parse_args stops with `milet_ppo_continuous.py: error: ...` (one line) before the script builds anything."""
@@ -130,9 +131,10 @@ def test_ablation_flags_and_any_cluster_count_run(tmp_path):
     summary = json.load(open(os.path.join(only_run_dir(tmp_path / "a"), "summary.json")))
     assert {"test_return_episode_1", "test_return_episode_2", "test_return_episode_3"} <= set(summary)
     assert set(summary["test_clusters_pred"]) == {0}
-    run_script(tmp_path / "b", "--env-id", "AntGoal", "--num-clusters", "6", *tiny())  # the README's usage line
+    run_script(tmp_path / "b", "--env-id", "AntGoal", "--num-clusters", "6", "--credit-exploration", *tiny())  # usage
     summary = json.load(open(os.path.join(only_run_dir(tmp_path / "b"), "summary.json")))
     assert summary["args"]["num_clusters"] == 6 and set(summary["test_clusters_pred"]) <= set(range(6))
+    assert summary["args"]["credit_exploration"]
 
 
 def test_checkpoint_reruns_the_same_evaluation(tmp_path):
