@@ -274,14 +274,19 @@ def plot_curves(runs: list[Run], group_by: str = "exp_name", stat: Stat = "iqm",
 
 
 def plot_traces(run: Run, record_index: int = -1):
-    """Fig. 3a: exploration-episode xy traces on the test tasks, each step coloured by the inferred cluster."""
+    """Fig. 3a: exploration-episode xy traces on the test tasks, each step coloured by the inferred cluster. A run
+    that infers no clusters (VariBAD, RL2; Fig. 3b) has each trace coloured by its task's true cluster instead."""
     record = final_record(run, record_index)
     if "exploration_xy" not in record:
         raise PlotError(f"{run.env_id} logs no xy traces (only goal and direction envs do)")
-    if "exploration_clusters" not in record:
-        raise PlotError(f"{run.path} infers no clusters (VariBAD, RL2): there is nothing to colour the traces by")
     split = envs_clustered.make_task_split(run.env_id, seed=run.args.get("task_seed", 0))
-    traces, clusters = np.asarray(record["exploration_xy"]), np.asarray(record["exploration_clusters"])
+    traces = np.asarray(record["exploration_xy"])
+    inferred = "exploration_clusters" in record
+    if inferred:
+        clusters, goal_clusters = np.asarray(record["exploration_clusters"]), record["test_clusters_pred"]
+    else:  # every step of a task's trace in its true cluster's colour
+        goal_clusters = record["test_clusters_true"]
+        clusters = np.repeat(np.asarray(goal_clusters)[:, None], traces.shape[1] - 1, axis=1)
     fig, ax = plt.subplots(figsize=(5.5, 5.5))
     for trace, steps in zip(traces, clusters):
         ax.plot(trace[:, 0], trace[:, 1], color="0.8", lw=0.6, zorder=1)
@@ -289,13 +294,14 @@ def plot_traces(run: Run, record_index: int = -1):
     scale = 1.0 if envs_clustered._kind(run.env_id) == "goal" else envs_clustered.GOAL_RADIUS  # directions at r=2
     goals = split.test_tasks * scale
     ax.scatter(goals[:, 0], goals[:, 1], marker="x", s=60, lw=2, zorder=3,
-               c=[CLUSTER_COLOURS(k % 10) for k in record["test_clusters_pred"]])
+               c=[CLUSTER_COLOURS(k % 10) for k in goal_clusters])
     centres = envs_clustered.cluster_centres(run.env_id) * scale
     ax.scatter(centres[:, 0], centres[:, 1], marker="*", s=250, c="k", zorder=4, label="true cluster centre")
-    for k in sorted(set(np.unique(clusters)) | set(record["test_clusters_pred"])):
-        ax.scatter([], [], color=CLUSTER_COLOURS(k % 10), label=f"inferred cluster {k}")
+    for k in sorted(set(np.unique(clusters)) | set(goal_clusters)):
+        ax.scatter([], [], color=CLUSTER_COLOURS(k % 10), label=f"{'inferred' if inferred else 'true'} cluster {k}")
+    colouring = "coloured by its final cluster" if inferred else "coloured by its true cluster"
     ax.set(xlabel="x", ylabel="y", aspect="equal",
-           title=f"{run.env_id} exploration traces, step {record['global_step']:,}\n(x = test goal, coloured by its final cluster)")
+           title=f"{run.env_id} exploration traces, step {record['global_step']:,}\n(x = test goal, {colouring})")
     ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     return fig

@@ -76,6 +76,18 @@ def test_traces_show_the_logged_xy_and_clusters(runs):
     np.testing.assert_allclose(steps.get_facecolors(), expected)
 
 
+def test_traces_of_a_run_without_clusters_are_coloured_by_the_true_cluster():
+    """A committed VariBAD AntGoal run (no clusters inferred, Fig. 3b): each test task's trace in its true cluster's
+    colour, and the title says so."""
+    run = os.path.join(ROOT, "docs", "run_data", "antgoal", "issue24_varibad_s1")
+    last = records(run)[-1]
+    ax = plots.plot_traces(plots.load_run(run)).axes[0]
+    np.testing.assert_allclose(ax.lines[5].get_xydata(), np.asarray(last["exploration_xy"])[5])
+    expected = plots.CLUSTER_COLOURS(last["test_clusters_true"][5])
+    np.testing.assert_allclose(ax.collections[5].get_facecolors(), [expected] * (len(last["exploration_xy"][5]) - 1))
+    assert "coloured by its true cluster" in ax.get_title()
+
+
 def test_nmi_plots_the_per_step_nmi_of_the_last_evaluation(runs):
     fig = plots.plot_nmi(plots.load_runs([runs["seed1"], runs["seed2"]]))
     expected = np.mean([records(runs[s])[-1]["nmi_per_step"] for s in ("seed1", "seed2")], axis=0)
