@@ -208,10 +208,11 @@ def load_resume(args):
     if unknown:  # e.g. a VariBAD run given to MILET: its flags mean nothing here
         sys.exit(f"{script}: error: {path} is not a run of {script} (flags it does not have: "
                  f"{', '.join('--' + k.replace('_', '-') for k in unknown)}); resume it with the script that wrote it")
-    if "carried" in state:  # plots.py slim --keep-trials: the run goes on, from fewer trials than it had
-        print(f"{script}: resuming a carried checkpoint: its trial buffer keeps the {state['carried']['trials_kept']} "
-              f"most recent of {state['carried']['trials_in_buffer']} trials, so the run continues, but not as an "
-              f"uninterrupted run would (carried.jsonl)", file=sys.stderr)
+    carried = state.get("carried")  # plots.py slim --keep-trials: the run goes on, from fewer trials than it had
+    if carried and carried["trials_kept"] < carried["trials_in_buffer"]:
+        print(f"{script}: resuming a carried checkpoint: its trial buffer keeps the {carried['trials_kept']} most "
+              f"recent of {carried['trials_in_buffer']} trials, so the run continues, but not as an uninterrupted run "
+              f"would (carried.jsonl)", file=sys.stderr)
     state["args"]["resume"] = args.resume
     return state, type(args)(**{k: tuple(v) if isinstance(v, list) else v for k, v in state["args"].items()})
 

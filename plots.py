@@ -646,8 +646,8 @@ class Late:
     late: float = 0.8
     """the late window starts at this fraction of each run's last frame"""
     frames: Optional[tuple[float, float]] = None
-    """average over the evaluations with START <= frame <= END instead (e.g. --frames 1.6e6 3e6: runs of different
-    lengths compared over the same frames)"""
+    """average over the evaluations with START <= frame <= END instead, both ends included (e.g. --frames 1.6e6 3e6:
+    runs of different lengths compared over the same frames)"""
     out: Optional[str] = None
     """also write the table to this file"""
 
@@ -718,16 +718,26 @@ class Slim:
 
 
 def slim_run(run_path: str, out: str, keep_trials: Optional[int] = None) -> str:
-    """Write the slim copy of ``run_path`` into ``out`` (see ``Slim``); every file is written atomically."""
-    if keep_trials is not None and keep_trials < 1:
-        raise SystemExit(f"plots.py: error: --keep-trials must be >= 1, got {keep_trials}")
-    if keep_trials is not None and not os.path.isfile(os.path.join(run_path, "resume.pt")):
-        raise SystemExit(f"plots.py: error: no resume.pt in {run_path} to carry")
+    """Write the slim copy of ``run_path`` into ``out`` (see ``Slim``); every file is written atomically. Without
+    ``keep_trials`` a resume.pt that an earlier carry left in ``out`` is removed: it would resume another iteration."""
     run = load_run(run_path)
+    in_place = os.path.realpath(run.path) == os.path.realpath(out)
+    if keep_trials is not None:
+        if keep_trials < 1:
+            raise PlotError(f"--keep-trials must be >= 1, got {keep_trials}")
+        if not os.path.isfile(os.path.join(run.path, "resume.pt")):
+            raise PlotError(f"no resume.pt in {run.path} to carry")
+        if in_place:
+            raise PlotError("--keep-trials writes a cut copy of resume.pt: give an --out other than the run folder")
     os.makedirs(out, exist_ok=True)
-    for name in ("args.json", "summary.json", "carried.jsonl"):
-        if os.path.isfile(os.path.join(run.path, name)) and os.path.realpath(run.path) != os.path.realpath(out):
-            meta_test.write_atomic(os.path.join(out, name), open(os.path.join(run.path, name)).read())
+    if not in_place:
+        for name in ("args.json", "summary.json", "carried.jsonl"):
+            if os.path.isfile(os.path.join(run.path, name)):
+                meta_test.write_atomic(os.path.join(out, name), open(os.path.join(run.path, name)).read())
+            elif name == "carried.jsonl" and os.path.isfile(os.path.join(out, name)):
+                os.remove(os.path.join(out, name))  # an earlier carry's log: not this run's history
+        if keep_trials is None and os.path.isfile(os.path.join(out, "resume.pt")):
+            os.remove(os.path.join(out, "resume.pt"))
     if keep_trials is not None:
         carry_checkpoint(run.path, out, keep_trials)
     for record in run.records:  # runs from before the key: keep the reach of the traces the copy drops
@@ -742,9 +752,14 @@ def slim_run(run_path: str, out: str, keep_trials: Optional[int] = None) -> str:
 
 def carry_checkpoint(run_path: str, out: str, keep_trials: int) -> None:
     """out/resume.pt: the run's checkpoint with each trial buffer (cbvi.TrialBuffer) cut to its ``keep_trials`` most
-    recent trials, marked as carried, and a line in out/carried.jsonl that says what was dropped where."""
+    recent trials, marked as carried, and a line added to the run's carried.jsonl (copied to out) that says where."""
     state = torch.load(os.path.join(run_path, "resume.pt"), weights_only=False)
-    buffers = [name for name, value in state.items() if isinstance(value, dict) and "trials" in value]
+    buffers = [name for name, value in state.items() if isinstance(value, dict) and "capacity" in value]
+    if not buffers:
+        raise PlotError(f"{run_path}/resume.pt holds no trial buffer (RL2, PEARL, MetaCURE): copy it as it is")
+    if any("trials" not in state[name] for name in buffers):
+        raise PlotError(f"{run_path}/resume.pt is from before 2026-12-01 (uncompressed buffer): resume it once, "
+                        f"so that its next checkpoint has today's layout, then carry that")
     in_buffer = sum(state[name]["size"] for name in buffers)
     for name in buffers:
         state[name] = TrialBuffer.most_recent(state[name], keep_trials)
@@ -752,9 +767,9 @@ def carry_checkpoint(run_path: str, out: str, keep_trials: int) -> None:
             "trials_kept": sum(state[name]["size"] for name in buffers), "trials_in_buffer": in_buffer}
     state["carried"] = note
     meta_test.torch_save_atomic(os.path.join(out, "resume.pt"), state)
-    log = os.path.join(out, "carried.jsonl")
+    log = os.path.join(run_path, "carried.jsonl")
     earlier = open(log).read() if os.path.isfile(log) else ""
-    meta_test.write_atomic(log, earlier + json.dumps(note) + "\n")
+    meta_test.write_atomic(os.path.join(out, "carried.jsonl"), earlier + json.dumps(note) + "\n")
 
 
 Command = Union[

@@ -308,10 +308,10 @@ def test_trial_buffer_state_dict_round_trip():
         other.load_state_dict(buffer.state_dict())
 
 
-@pytest.mark.parametrize("added, keep", [(2, 2), (7, 3), (7, 5), (3, 10)])
+@pytest.mark.parametrize("added, keep", [(2, 2), (4, 2), (5, 3), (7, 3), (7, 5), (3, 10)])
 def test_the_most_recent_trials_of_a_checkpoint_load_as_a_buffer_that_saw_only_them(added, keep):
     """TrialBuffer.most_recent (plots.py slim --keep-trials): from a ring of capacity 5 that was given `added` trials
-    (wrapped for 7), the `keep` newest in the order they came, as a buffer holding just those, of the same capacity;
+    (not full, full at position 0 for 5, wrapped for 7), the `keep` newest in the order they came, as a buffer holding just those, of the same capacity;
     the next trial added goes after them."""
     obs, act, rew, nxt = trial(8, added)
     buffer = TrialBuffer(capacity=5, num_episodes=2, episode_length=4, obs_dim=S, action_dim=A)

@@ -239,14 +239,32 @@ def test_slim_copy_of_a_run_from_before_the_reach_key_keeps_the_reach_of_its_tra
     assert len({r["exploration_reach_median"] for r in full}) > 1  # the runs move: the reach is not a constant
 
 
-@pytest.mark.parametrize("run, keep, message", [
-    ("seed1", "0", "--keep-trials must be >= 1, got 0"),
-    (os.path.join(ROOT, "docs", "run_data", "antgoal", "issue25_milet_s1_1e7"), "10", "no resume.pt in"),
+@pytest.mark.parametrize("run, out, message", [
+    ("seed1", None, "--keep-trials must be >= 1, got 0"),
+    (os.path.join(ROOT, "docs", "run_data", "antgoal", "issue25_milet_s1_1e7"), None, "no resume.pt in"),
+    ("seed1", "seed1", "give an --out other than the run folder"),
 ])
-def test_carrying_a_checkpoint_that_cannot_be_carried_is_one_line(runs, tmp_path, run, keep, message):
-    result = launch.run_script(PLOTS, "slim", runs.get(run, run), "--out", str(tmp_path / "out"), "--keep-trials", keep)
+def test_carrying_a_checkpoint_that_cannot_be_carried_is_one_line_and_writes_nothing(runs, tmp_path, run, out, message):
+    """Bad --keep-trials, no checkpoint, or --out the run folder itself (the cut would replace the full resume.pt):
+    one line, and no file is written or changed."""
+    run = runs.get(run, run)
+    out = run if out else str(tmp_path / "out")
+    before = {name: open(os.path.join(run, name), "rb").read() for name in os.listdir(run)}
+    keep = "0" if "must be >= 1" in message else "3"
+    result = launch.run_script(PLOTS, "slim", run, "--out", out, "--keep-trials", keep)
     assert result.returncode != 0 and message in result.stderr and len(result.stderr.strip().splitlines()) == 1
-    assert not os.path.exists(tmp_path / "out" / "resume.pt")
+    assert {name: open(os.path.join(run, name), "rb").read() for name in os.listdir(run)} == before
+    assert out == run or not os.path.exists(out)
+
+
+def test_a_plain_slim_over_a_carried_copy_drops_its_resume_and_its_log(runs, tmp_path):
+    """Slimming a run into a folder that holds an earlier carry (the run since finished) leaves no resume.pt of the
+    earlier iteration and no carried.jsonl of a cut this run never had."""
+    out = tmp_path / "copy"
+    launch.run_script(PLOTS, "slim", runs["seed2"], "--out", str(out), "--keep-trials", "2", check=True)
+    assert sorted(os.listdir(out)) == ["args.json", "carried.jsonl", "eval.jsonl", "resume.pt", "summary.json"]
+    launch.run_script(PLOTS, "slim", runs["seed2"], "--out", str(out), check=True)
+    assert sorted(os.listdir(out)) == ["args.json", "eval.jsonl", "summary.json"]
 
 
 def test_curves_of_runs_without_clusters_have_no_nmi_panel():
