@@ -93,16 +93,30 @@ def test_every_check_has_a_calibration_of_its_pinned_seed_with_room_to_fail():
     assert milet["late_return_episode_2"] > milet["late_return_episode_1"]
 
 
+# PEARL and MetaCURE (pearl_sac_continuous.py, metacure_sac_continuous.py) are off-policy: their default PointGoal
+# run is sized by wall time, not by MILET's 2M frames (256k frames, docs/pearl.md), and evaluates every 5 iterations,
+# so its late window holds OFF_POLICY_LATE_EVALUATIONS evaluations. Calibrated as the others
+# (`python benchmarks/calibrate_learning_check.py --method pearl --seeds 1 2 3 --jobs 1`).
+OFF_POLICY_SCRIPTS = {method: os.path.join(ROOT, f"{method}_sac_continuous.py") for method in ("pearl", "metacure")}
+OFF_POLICY_LATE_EVALUATIONS = 4  # iterations 65, 70, 75, 80 of 80
+# The order in which pytest-xdist's two workers receive the checks: two each at the start, the fifth to the worker
+# whose first check ends first. MetaCURE, the longest (30-40 minutes on one slow core), starts at once beside MILET,
+# and the three shorter ones (10-15 minutes each) share the other worker; in file order MetaCURE came last and ran
+# after two others on one worker.
+CHECK_ORDER = ("metacure", "milet", "varibad", "rl2", "pearl")
+
+
 @pytest.mark.learning
-@pytest.mark.parametrize("method", SCRIPTS)
+@pytest.mark.parametrize("method", CHECK_ORDER)
 def test_default_pointgoal_run_learns(tmp_path, method):
     env = dict(os.environ, OMP_NUM_THREADS="1")  # one thread, as in the calibration, for identical numbers
-    result = subprocess.run([sys.executable, SCRIPTS[method], "--runs-dir", str(tmp_path), "--seed", str(CHECKED_SEED[method]),
-                             *LEARNING_FLAGS],
+    off_policy = method in OFF_POLICY_SCRIPTS
+    command = ([OFF_POLICY_SCRIPTS[method]] if off_policy else [SCRIPTS[method], *LEARNING_FLAGS])
+    result = subprocess.run([sys.executable, *command, "--runs-dir", str(tmp_path), "--seed", str(CHECKED_SEED[method])],
                             capture_output=True, text=True, cwd=ROOT, env=env, timeout=3000)
     assert result.returncode == 0, result.stderr[-3000:]
     figures = learning_figures(only_run_dir(tmp_path))
-    assert figures["late_evaluations"] == 6
+    assert figures["late_evaluations"] == (OFF_POLICY_LATE_EVALUATIONS if off_policy else 6)
     calibrated = calibration()[method][CHECKED_SEED[method]]
     for name, limit in thresholds(method).items():
         assert figures[name] >= limit, (f"{method} seed {CHECKED_SEED[method]}: {name} {figures[name]:.3f} is below "
@@ -112,25 +126,3 @@ def test_default_pointgoal_run_learns(tmp_path, method):
             "MILET's exploitation episode does not beat its exploration episode"
     else:
         assert "late_nmi" not in figures  # no clusters: nothing to score
-
-
-# PEARL and MetaCURE (pearl_sac_continuous.py, metacure_sac_continuous.py) are off-policy: their default PointGoal
-# run is sized by wall time, not by MILET's 2M frames (256k frames, docs/pearl.md), and evaluates every 5 iterations,
-# so its late window holds OFF_POLICY_LATE_EVALUATIONS evaluations. Calibrated as the others
-# (`python benchmarks/calibrate_learning_check.py --method pearl --seeds 1 2 3 --jobs 1`).
-OFF_POLICY_SCRIPTS = {method: os.path.join(ROOT, f"{method}_sac_continuous.py") for method in ("pearl", "metacure")}
-OFF_POLICY_LATE_EVALUATIONS = 4  # iterations 65, 70, 75, 80 of 80
-
-
-@pytest.mark.learning
-@pytest.mark.parametrize("method", OFF_POLICY_SCRIPTS)
-def test_default_pointgoal_off_policy_run_learns(tmp_path, method):
-    env = dict(os.environ, OMP_NUM_THREADS="1")  # one thread, as in the calibration, for identical numbers
-    result = subprocess.run([sys.executable, OFF_POLICY_SCRIPTS[method], "--runs-dir", str(tmp_path), "--seed",
-                             str(CHECKED_SEED[method])], capture_output=True, text=True, cwd=ROOT, env=env, timeout=3000)
-    assert result.returncode == 0, result.stderr[-3000:]
-    figures = learning_figures(only_run_dir(tmp_path))
-    assert figures["late_evaluations"] == OFF_POLICY_LATE_EVALUATIONS and "late_nmi" not in figures
-    limit = thresholds(method)["late_episode_2_gain"]
-    assert figures["late_episode_2_gain"] >= limit, \
-        f"{method}: episode-2 return gained only {figures['late_episode_2_gain']:.1f} over the untrained policy ({limit:.1f})"
