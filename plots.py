@@ -526,7 +526,8 @@ def late_table(runs: list[Run], group_by: str = "exp_name", late: float = 0.8,
         if len(members) > 1:
             means = [[float(np.mean(late_values(run, c))) for run in members if late_values(run, c)] for c in columns]
             lines.append(f"| **{name}** | mean of {len(members)} runs ± s.e. over runs | | | "
-                         + " | ".join(cell(values) for values in means) + " |")
+                         + " | ".join(cell(values) if len(values) != 1 else f"{values[0]:.3g} (1 of {len(members)} runs)"
+                                      for values in means) + " |")
     return "\n".join(lines)
 
 

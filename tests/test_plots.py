@@ -202,6 +202,14 @@ def test_late_table_is_the_late_mean_and_its_standard_error(runs):
         assert f"| {len(late)} |" in row
     group = next(line for line in table.splitlines() if "mean of 2 runs" in line)
     assert f"{np.mean(lates):.1f} ± {np.std(lates, ddof=1) / np.sqrt(2):.1f}" in group
+    # a column that only one run of the group logs (an older run without the reach): that run's value, labelled
+    loaded = plots.load_runs([runs["seed1"], runs["seed2"]])
+    for record in loaded[1].records:
+        record.pop("exploration_reach_median")
+    group = next(line for line in plots.late_table(loaded, late=0.5).splitlines() if "mean of 2 runs" in line)
+    seed1 = records(runs["seed1"])
+    reach = np.mean([r["exploration_reach_median"] for r in seed1 if r["global_step"] >= 0.5 * seed1[-1]["global_step"]])
+    assert f"{reach:.3g} (1 of 2 runs)" in group and "nan" not in group
     window = plots.late_table(plots.load_runs([runs["seed1"]]), frames=(40, 80))  # --frames 40 80: evaluations 1, 2
     values = [r["return_episode_2"] for r in records(runs["seed1"])[1:3]]
     assert [r["global_step"] for r in records(runs["seed1"])[1:3]] == [40, 80]
