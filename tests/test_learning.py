@@ -99,10 +99,10 @@ def test_every_check_has_a_calibration_of_its_pinned_seed_with_room_to_fail():
 # (`python benchmarks/calibrate_learning_check.py --method pearl --seeds 1 2 3 --jobs 1`).
 OFF_POLICY_SCRIPTS = {method: os.path.join(ROOT, f"{method}_sac_continuous.py") for method in ("pearl", "metacure")}
 OFF_POLICY_LATE_EVALUATIONS = 4  # iterations 65, 70, 75, 80 of 80
-# The order in which pytest-xdist's two workers receive the checks: two each at the start, the fifth to the worker
-# whose first check ends first. MetaCURE, the longest (30-40 minutes on one slow core), starts at once beside MILET,
-# and the three shorter ones (10-15 minutes each) share the other worker; in file order MetaCURE came last and ran
-# after two others on one worker.
+# The order in which pytest-xdist's two workers receive the checks: two each at the start (MetaCURE, MILET; VariBAD,
+# RL2), the fifth (PEARL) to the worker whose first check ends first. So MetaCURE, the longest (30-40 minutes on one
+# slow core), starts at once, and VariBAD, RL2 and PEARL (10-15 minutes each) run on the other worker; in file order
+# MetaCURE came fifth and started only after MILET and VariBAD had run on one worker.
 CHECK_ORDER = ("metacure", "milet", "varibad", "rl2", "pearl")
 
 
