@@ -510,11 +510,16 @@ def late_table(runs: list[Run], group_by: str = "exp_name", late: float = 0.8,
         start, end = frames or (late * run.records[-1]["global_step"], float("inf"))
         return [r[key] for r in run.records if start <= r["global_step"] <= end and key in r]
 
-    def cell(values) -> str:
+    def cell(values, single: Optional[str] = None) -> str:
+        """mean ± standard error; with one value and a `single` label, that value and the label instead"""
         if not values:
             return "-"
+        small = np.mean(np.abs(values)) < 10
+        mean = f"{np.mean(values):.3g}" if small else f"{np.mean(values):.1f}"
+        if len(values) == 1 and single:
+            return f"{mean} ({single})"
         sem = np.std(values, ddof=1) / np.sqrt(len(values)) if len(values) > 1 else float("nan")
-        return f"{np.mean(values):.3g} ± {sem:.2g}" if np.mean(np.abs(values)) < 10 else f"{np.mean(values):.1f} ± {sem:.1f}"
+        return f"{mean} ± {sem:.2g}" if small else f"{mean} ± {sem:.1f}"
 
     header = ["group", "run (seed)", "frames", "evals" if frames else "late evals"] + [c.replace("_", " ") for c in columns]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -526,8 +531,7 @@ def late_table(runs: list[Run], group_by: str = "exp_name", late: float = 0.8,
         if len(members) > 1:
             means = [[float(np.mean(late_values(run, c))) for run in members if late_values(run, c)] for c in columns]
             lines.append(f"| **{name}** | mean of {len(members)} runs ± s.e. over runs | | | "
-                         + " | ".join(cell(values) if len(values) != 1 else f"{values[0]:.3g} (1 of {len(members)} runs)"
-                                      for values in means) + " |")
+                         + " | ".join(cell(values, single=f"1 of {len(members)} runs") for values in means) + " |")
     return "\n".join(lines)
 
 
