@@ -96,14 +96,27 @@ def load_runs(paths: list[str]) -> list[Run]:
     return [load_run(p) for p in paths]
 
 
+def method_of(args: dict) -> str:
+    """Which script wrote a run, read from a flag only that script has (args.json holds no script name)."""
+    for flag, method in (("num_clusters", "milet"), ("intrinsic_weight", "metacure"), ("context_size", "pearl"),
+                         ("gru_hidden_size", "rl2")):
+        if flag in args:
+            return method
+    if "latent_dim" in args:  # VariBAD's script, and its --oracle reference
+        return "oracle" if args.get("oracle") else "varibad"
+    return "?"
+
+
 def group_runs(runs: list[Run], group_by: str = "exp_name", one_env: bool = True) -> dict[str, list[Run]]:
-    """{group name: runs}; one_env rejects runs of different environments in one figure."""
+    """{group name: runs}, by the value of the argument group_by, or by the script with group_by = "method" (for
+    runs of one method under different exp names); one_env rejects runs of different environments in one figure."""
     envs = sorted({run.env_id for run in runs})
     if one_env and len(envs) > 1:
         raise PlotError(f"runs of different environments in one figure: {', '.join(envs)}; plot each env separately")
     groups: dict[str, list[Run]] = {}
     for run in runs:
-        groups.setdefault(str(run.args.get(group_by, "?")), []).append(run)
+        name = method_of(run.args) if group_by == "method" else str(run.args.get(group_by, "?"))
+        groups.setdefault(name, []).append(run)
     return groups
 
 
@@ -591,7 +604,7 @@ class Curves(Figure, Statistics):
     runs: tyro.conf.Positional[list[str]] = field(default_factory=list)
     """run folders (runs/<run_name>)"""
     group_by: str = "exp_name"
-    """argument that groups runs into lines"""
+    """argument that groups runs into lines (or method: milet, varibad, oracle, rl2, pearl, metacure)"""
 
 
 @dataclass
@@ -636,7 +649,7 @@ class Table(Statistics):
     runs: tyro.conf.Positional[list[str]] = field(default_factory=list)
     """run folders"""
     group_by: str = "exp_name"
-    """argument that groups runs into rows"""
+    """argument that groups runs into rows (or method: milet, varibad, oracle, rl2, pearl, metacure)"""
     out: Optional[str] = None
     """also write the table to this file"""
 
@@ -647,7 +660,7 @@ class Late:
     runs: tyro.conf.Positional[list[str]] = field(default_factory=list)
     """run folders"""
     group_by: str = "exp_name"
-    """argument that groups runs"""
+    """argument that groups runs (or method: milet, varibad, oracle, rl2, pearl, metacure)"""
     late: float = 0.8
     """the late window starts at this fraction of each run's last frame"""
     frames: Optional[tuple[float, float]] = None
@@ -667,7 +680,7 @@ class Compare:
     runs: tyro.conf.Positional[list[str]] = field(default_factory=list)
     """run folders of both groups"""
     group_by: str = "exp_name"
-    """argument that groups runs"""
+    """argument that groups runs (or method: milet, varibad, oracle, rl2, pearl, metacure)"""
     record: int = -1
     """which evaluation of each run (index into eval.jsonl; -1 = the last)"""
     reps: int = REPS
@@ -684,7 +697,7 @@ class Clusters(Figure):
     runs: tyro.conf.Positional[list[str]] = field(default_factory=list)
     """run folders of one env"""
     group_by: str = "exp_name"
-    """argument that groups runs (e.g. exp_name k2, k4, auto)"""
+    """argument that groups runs (e.g. exp_name k2, k4, auto; or method)"""
 
 
 @dataclass
@@ -700,7 +713,7 @@ class Profiles(Figure):
     runs: tyro.conf.Positional[list[str]] = field(default_factory=list)
     """run folders of one env"""
     group_by: str = "exp_name"
-    """argument that groups runs into lines"""
+    """argument that groups runs into lines (or method: milet, varibad, oracle, rl2, pearl, metacure)"""
     record: int = -1
     """which evaluation of each run (index into eval.jsonl; -1 = the last)"""
     reps: int = REPS

@@ -284,3 +284,18 @@ def test_curves_of_runs_without_clusters_have_no_nmi_panel():
                                                "episode 2: median final distance to the goal"]
     np.testing.assert_allclose(axes[3].lines[0].get_ydata(),
                                [r["final_distance_episode_2_median"] for r in records(run)])
+
+
+def test_group_by_method_names_the_script_that_wrote_each_committed_run():
+    """--group-by method groups one method's runs made under different exp names (VariBAD seed 1 ran as
+    issue24_varibad, seeds 2-3 as issue25_varibad), read from a flag only that script has."""
+    data = os.path.join(ROOT, "docs", "run_data")
+    expected = {"antgoal/issue25_milet_s1_1e7": "milet", "antgoal/issue24_varibad_s1": "varibad",
+                "antgoal/issue25_varibad_s2": "varibad", "antgoal/issue24_oracle_s1_targetkl002": "oracle",
+                "antgoal/issue25_rl2_s1": "rl2", "pearl/pearl_2M_seed1": "pearl",
+                "pointgoal/metacure_s1": "metacure"}
+    runs = plots.load_runs([os.path.join(data, name) for name in expected])
+    assert [plots.method_of(run.args) for run in runs] == list(expected.values())
+    groups = plots.group_runs([r for r in runs if r.env_id == "AntGoal"], "method")
+    assert {name: len(members) for name, members in groups.items()} == {"milet": 1, "varibad": 2, "oracle": 1, "rl2": 1}
+    assert plots.method_of({"env_id": "AntGoal", "exp_name": "x", "seed": 1}) == "?"  # a folder name alone says nothing
