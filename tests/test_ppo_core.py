@@ -134,31 +134,36 @@ def test_milet_ood_eval_needs_one_trial_per_task(monkeypatch):
 
 @pytest.mark.parametrize("script", ["varibad", "rl2"])
 def test_baselines_take_the_swept_ant_setting_and_keep_the_others(script):
-    """The Ant rows are the oracle sweep's PPO setting (docs/antgoal.md); PointGoal's row is Args' defaults (the
-    learning checks' run), and the other MuJoCo envs keep VariBAD's config, with the authors' std 1."""
+    """The Ant and Humanoid rows are the oracle sweep's PPO setting (docs/antgoal.md; Humanoid: the oracle check of
+    issue 28 in docs/results.md); PointGoal's row is Args' defaults (the learning checks' run), and the rand-params
+    envs keep VariBAD's config, with the authors' std 1."""
     module = SCRIPTS[script]
     assert all(set(row) == set(module.ENV_DEFAULTS["AntGoal"]) for row in module.ENV_DEFAULTS.values())
     assert all(getattr(module.Args(), name) == value for name, value in module.ENV_DEFAULTS["PointGoal"].items())
-    for env_id in ("AntGoal", "AntGoalPartial", "AntU"):
+    for env_id in ("AntGoal", "AntGoalPartial", "AntU", "HumanoidDir", "HumanoidDirSparse"):
         args = module.parse_args(["--env-id", env_id])
         assert (args.learning_rate, args.update_epochs, args.num_minibatches, args.clip_coef, args.ent_coef,
                 args.init_logstd, args.clip_vloss, args.target_kl, args.gamma, args.gae_lambda) == (
             3e-4, 10, 16, 0.2, 0.0, -1.0, False, 0.02, 0.97, 0.9)
-    hopper = module.parse_args(["--env-id", "HopperRandParams"])
-    assert (hopper.update_epochs, hopper.num_minibatches, hopper.clip_coef, hopper.init_logstd, hopper.target_kl) == (
-        2, 1, 0.05, 0.0, None)
+    for env_id in ("HopperRandParams", "WalkerRandParams"):
+        rand_params = module.parse_args(["--env-id", env_id])
+        assert (rand_params.update_epochs, rand_params.num_minibatches, rand_params.clip_coef, rand_params.init_logstd,
+                rand_params.target_kl) == (2, 1, 0.05, 0.0, None)
     assert module.Args().target_kl is None  # PointGoal: no KL stop, as the learning checks were calibrated
 
 
 def test_milet_takes_the_swept_ant_setting_for_both_policies_and_keeps_the_authors_elsewhere():
-    """Issue 25, item 4: MILET's Ant rows are the PPO core's setting for pi_phi and pi_psi alike; the other envs
-    keep the authors' (docs/paper_settings.md), and PointGoal's row is still Args' defaults."""
+    """Issue 25, item 4: MILET's Ant rows are the PPO core's setting for pi_phi and pi_psi alike, and so are the
+    Humanoid rows (issue 28), with the authors' wider layers; the rand-params envs keep the authors' setting
+    (docs/paper_settings.md), and PointGoal's row is still Args' defaults."""
     assert all(getattr(milet.Args(), name) == value for name, value in milet.ENV_DEFAULTS["PointGoal"].items())
-    for env_id in ("AntGoal", "AntGoalPartial", "AntU"):
+    for env_id, layers in [("AntGoal", (128, 64)), ("AntGoalPartial", (128, 64)), ("AntU", (128, 64)),
+                           ("HumanoidDir", (512, 256)), ("HumanoidDirSparse", (512, 256))]:
         args = milet.parse_args(["--env-id", env_id])
         assert (args.exploit_lr, args.explore_lr, args.exploit_ent_coef, args.explore_ent_coef, args.update_epochs,
                 args.num_minibatches, args.clip_coef, args.init_logstd, args.clip_vloss, args.target_kl) == (
             3e-4, 3e-4, 0.0, 0.0, 10, 16, 0.2, -1.0, False, 0.02)
+        assert tuple(args.policy_layers) == layers
     hopper = milet.parse_args(["--env-id", "HopperRandParams"])
     assert (hopper.exploit_lr, hopper.explore_lr, hopper.clip_coef, hopper.update_epochs, hopper.num_minibatches,
             hopper.init_logstd, hopper.clip_vloss, hopper.target_kl) == (5e-4, 1e-4, 0.05, 2, 8, 0.0, True, None)
