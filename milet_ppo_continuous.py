@@ -225,7 +225,7 @@ AUTHORS = (0.0, True, None)  # the authors' initial log-std, value clip and (no)
 # entropy 1e-4 / 1e-3, clip 0.05, 2 epochs x 8 minibatches, which moved the policies too little in 1e7 frames.
 # Humanoid takes the same PPO setting (the oracle check in docs/results.md, issue 28), with the authors' layers.
 ANT_SWEPT = (3e-4, 3e-4, 0.0, 0.0, 0.2, 10, 16, (128, 64), -1.0, False, 0.02)
-HUMANOID_SWEPT = ANT_SWEPT[:7] + ((512, 256),) + ANT_SWEPT[8:]
+HUMANOID_SWEPT = (3e-4, 3e-4, 0.0, 0.0, 0.2, 10, 16, (512, 256), -1.0, False, 0.02)
 PPO_TABLE = {  #       lr phi  lr psi  ent phi ent psi clip  epochs minibatches layers  log-std, value clip, KL stop
     "PointGoal":         (1e-3,   1e-3,   1e-4,   1e-2,   0.2,  4,     4,          (128, 64), *AUTHORS),
     "AntGoal":           ANT_SWEPT,
