@@ -76,12 +76,16 @@ class SplitDecoder(nn.Module):
     def forward(self, z, x):  # z (P, 1, B, L), x (T, B, F) -> (P, T, B, out)
         return self._decode(z, self.from_x(x))
 
-    def mean_squared_error(self, z, x, target):  # z (P, 1, B, L), x (T, B, F), target (T, B, out) -> scalar
+    def mean_squared_error(self, z, x, target, steps=None):  # z (P, 1, B, L), x (T, B, F), target (T, B, out)
         """The squared error averaged over prefixes, steps, trials and output dimensions, without holding the
         (P, T, B, hidden) decodings (AntGoal: 500,000 rows of 64) at once. While training, _PrefixByPrefix decodes
         one prefix at a time and takes its gradient at once; the same value and gradients as one pass over all
-        prefixes (tests/test_cbvi.py)."""
+        prefixes (tests/test_cbvi.py). With ``steps`` (P, D, B), prefix p of trial b decodes only the steps
+        steps[p, :, b]: (P, D, B) rows, decoded in one pass."""
         x_part = self.from_x(x)
+        if steps is not None:
+            trials = torch.arange(x.shape[1], device=x.device).expand_as(steps)
+            return (self._decode(z, x_part[steps, trials]) - target[steps, trials]).pow(2).mean()
         if not torch.is_grad_enabled():
             return (self._decode(z, x_part) - target).pow(2).mean()
         params = [param for param in (*self.from_z.parameters(), *self.rest.parameters()) if param.requires_grad]
@@ -126,11 +130,12 @@ class CBVI(nn.Module):
                  action_embed=16, state_embed=32, reward_embed=16, stacked=True,
                  reward_decoder_layers=(64, 32), state_decoder_layers=(256, 128),
                  temperature=0.8, lambda_s=0.0, kl_weight=0.01, cat_weight=1e-3,
-                 lambda_i=1.0, lambda_p=0.1, num_prefixes=None, learn_cluster_weights=False,
+                 lambda_i=1.0, lambda_p=0.1, num_prefixes=None, num_decodes=None, learn_cluster_weights=False,
                  weight_concentration=1.0, num_train_tasks=500):
         super().__init__()
         self.num_clusters, self.latent_dim, self.hidden_size = num_clusters, latent_dim, hidden_size
         self.stacked, self.temperature, self.num_prefixes = stacked, temperature, num_prefixes
+        self.num_decodes = num_decodes
         self.lambda_s, self.kl_weight, self.cat_weight = lambda_s, kl_weight, cat_weight
         self.lambda_i, self.lambda_p = lambda_i, lambda_p
         self.hidden_dim = 2 * hidden_size if stacked else hidden_size
@@ -302,11 +307,15 @@ class CBVI(nn.Module):
         # Eq. 5: every prefix's z reconstructs the WHOLE trial. Reduced as the authors' configs
         # (vae_avg_reconstruction_terms): MEAN over decoded steps, prefixes and trials, and over the
         # state's dimensions, so the KL weights below mean what they meant in those configs.
+        # With num_decodes (the authors' vae_subsample_decodes: 50 on Hopper and Walker, 100 on Humanoid), each
+        # prefix of each trial decodes that many steps of the whole trial, drawn uniformly with replacement, as theirs.
+        steps = (torch.randint(T, (z.shape[0], self.num_decodes, actions.shape[1]), device=z.device)
+                 if self.num_decodes is not None and self.num_decodes < T else None)
         e_s, e_a, e_s1 = (self.dec_embed_state(obs), self.dec_embed_action(actions),
                           self.dec_embed_state(next_obs))
-        reward_rec = self.reward_decoder.mean_squared_error(z, torch.cat([e_s, e_a, e_s1], dim=-1), rewards)
+        reward_rec = self.reward_decoder.mean_squared_error(z, torch.cat([e_s, e_a, e_s1], dim=-1), rewards, steps)
         if self.state_decoder is not None:
-            state_rec = self.state_decoder.mean_squared_error(z, torch.cat([e_s, e_a], dim=-1), next_obs)
+            state_rec = self.state_decoder.mean_squared_error(z, torch.cat([e_s, e_a], dim=-1), next_obs, steps)
         else:
             state_rec = reward_rec.new_zeros(())
 

@@ -131,6 +131,9 @@ class Args:
     """CBVI updates per iteration [per env: ENV_DEFAULTS]"""
     vae_num_prefixes: int = 10
     """prefixes tau_:t per trial in the ELBO (a random subset, as the authors); 0 uses all [per env: ENV_DEFAULTS]"""
+    vae_num_decodes: int = 0
+    """steps of the trial each prefix decodes (random, as the authors' vae_subsample_decodes); 0 decodes all
+    [per env: ENV_DEFAULTS]"""
     gumbel_temperature: float = 0.8
     """temperature of the Gumbel-softmax cluster sample during training"""
     lambda_s: float = 0.0
@@ -237,16 +240,16 @@ PPO_TABLE = {  #       lr phi  lr psi  ent phi ent psi clip  epochs minibatches 
     "WalkerRandParams":  (3e-4,   3e-4,   1e-3,   1e-2,   0.05, 2,     8,          (128, 128), *AUTHORS),
 }
 CBVI_COLUMNS = ("encoder_hidden_size", "encoder_embed_sizes", "reward_decoder_layers", "kl_weight", "cat_weight",
-                "lambda_s", "vae_updates", "vae_num_prefixes")
-CBVI_TABLE = {  #      GRU  embeddings a,s,r  reward decoder  KL z  KL c  lambda_s updates prefixes
-    "PointGoal":         (32,  (16, 32, 16),    (64, 32),       1e-2, 1e-3, 0.0,     4,      10),
-    "AntGoal":           (32,  (16, 32, 16),    (64, 32),       1e-2, 1e-3, 0.0,     1,      50),
-    "AntGoalPartial":    (32,  (16, 32, 16),    (64, 32),       1e-2, 1e-3, 0.0,     1,      50),
-    "AntU":              (32,  (16, 32, 16),    (64, 32),       1e-2, 1e-3, 0.0,     1,      50),
-    "HumanoidDir":       (128, (16, 32, 16),    (64, 32),       1e-3, 1e-4, 0.0,     1,      50),
-    "HumanoidDirSparse": (128, (16, 32, 16),    (64, 32),       1e-3, 1e-4, 0.0,     1,      50),
-    "HopperRandParams":  (64,  (32, 32, 32),    (256, 64),      1e-4, 1e-4, 1.0,     1,      50),
-    "WalkerRandParams":  (64,  (32, 32, 32),    (256, 64),      1e-3, 1e-3, 1.0,     1,      50),
+                "lambda_s", "vae_updates", "vae_num_prefixes", "vae_num_decodes")
+CBVI_TABLE = {  #      GRU  embeddings a,s,r  reward decoder  KL z  KL c  lambda_s updates prefixes decodes (0: all)
+    "PointGoal":         (32,  (16, 32, 16),    (64, 32),       1e-2, 1e-3, 0.0,     4,      10,      0),
+    "AntGoal":           (32,  (16, 32, 16),    (64, 32),       1e-2, 1e-3, 0.0,     1,      50,      0),
+    "AntGoalPartial":    (32,  (16, 32, 16),    (64, 32),       1e-2, 1e-3, 0.0,     1,      50,      0),
+    "AntU":              (32,  (16, 32, 16),    (64, 32),       1e-2, 1e-3, 0.0,     1,      50,      0),
+    "HumanoidDir":       (128, (16, 32, 16),    (64, 32),       1e-3, 1e-4, 0.0,     1,      50,      100),
+    "HumanoidDirSparse": (128, (16, 32, 16),    (64, 32),       1e-3, 1e-4, 0.0,     1,      50,      100),
+    "HopperRandParams":  (64,  (32, 32, 32),    (256, 64),      1e-4, 1e-4, 1.0,     1,      50,      50),
+    "WalkerRandParams":  (64,  (32, 32, 32),    (256, 64),      1e-3, 1e-3, 1.0,     1,      50,      50),
 }
 ENV_DEFAULTS = {env_id: {**dict(zip(PPO_COLUMNS, PPO_TABLE[env_id])), **dict(zip(CBVI_COLUMNS, CBVI_TABLE[env_id])),
                          "total_timesteps": meta_test.TOTAL_TIMESTEPS[env_id]} for env_id in envs_clustered.ENV_IDS}
@@ -328,7 +331,8 @@ def build_models(args: Args, obs_dim: int, action_dim: int, device):
         reward_decoder_layers=args.reward_decoder_layers, state_decoder_layers=args.state_decoder_layers,
         temperature=args.gumbel_temperature, lambda_s=args.lambda_s, kl_weight=args.kl_weight,
         cat_weight=args.cat_weight, lambda_i=args.lambda_i, lambda_p=args.lambda_p,
-        num_prefixes=args.vae_num_prefixes or None, learn_cluster_weights=args.num_clusters == "auto",
+        num_prefixes=args.vae_num_prefixes or None, num_decodes=args.vae_num_decodes or None,
+        learn_cluster_weights=args.num_clusters == "auto",
         weight_concentration=args.weight_concentration,
     ).to(device)
     input_dim = policy_input_dim(args, obs_dim)

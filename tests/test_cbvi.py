@@ -91,6 +91,40 @@ def test_decoder_error_one_prefix_at_a_time_matches_one_pass():
     assert decoder.rest[-1].weight.grad is None and decoder.rest[-1].bias.grad is not None
 
 
+def test_decoder_error_on_subsampled_steps_is_the_mean_over_the_chosen_rows():
+    """With steps (P, D, B), prefix p of trial b decodes steps[p, :, b] only (the authors' vae_subsample_decodes,
+    repeats allowed): the error is the plain mean over those P x D x B rows, and gradients reach z, x and the
+    decoder."""
+    torch.manual_seed(14)
+    decoder = SplitDecoder(4, 6, (16, 8), 3)
+    z, x = torch.randn(5, 1, 7, 4, requires_grad=True), torch.randn(9, 7, 6, requires_grad=True)
+    target, steps = torch.randn(9, 7, 3), torch.randint(9, (5, 2, 7))
+    error = decoder.mean_squared_error(z, x, target, steps)
+    rows = [(decoder(z[p:p + 1, :, b:b + 1], x[steps[p, d, b], None, None, b:b + 1])[0, 0, 0]
+             - target[steps[p, d, b], b]).pow(2).mean() for p in range(5) for d in range(2) for b in range(7)]
+    torch.testing.assert_close(error, torch.stack(rows).mean())
+    error.backward()
+    assert all(p.grad.abs().sum() > 0 for p in (z, x, *decoder.parameters()))
+
+
+@pytest.mark.parametrize("lambda_s", [0.0, 1.0])
+def test_num_decodes_subsamples_only_when_shorter_than_the_trial(lambda_s):
+    """num_decodes >= T decodes every step (the same loss as None, the same draws from torch's RNG); below T it
+    decodes a random subset, whose error differs, and the loss stays finite and trainable."""
+    obs, act, rew, nxt = trial(12, 4)
+    losses = {}
+    for num_decodes in (None, 12, 50, 3):
+        torch.manual_seed(15)
+        m = CBVI(S, A, lambda_s=lambda_s, num_prefixes=5, num_decodes=num_decodes)
+        losses[num_decodes] = m.loss(obs, act, rew, nxt)
+    for key in losses[None]:
+        torch.testing.assert_close(losses[12][key], losses[None][key])
+        torch.testing.assert_close(losses[50][key], losses[None][key])
+    assert losses[3]["reward_reconstruction"] != losses[None]["reward_reconstruction"]
+    assert torch.isfinite(losses[3]["total"])
+    losses[3]["total"].backward()
+
+
 def test_gaussian_kl_matches_closed_form():
     torch.manual_seed(2)
     m1, lv1, m2, lv2 = torch.randn(4, 7, 6).unbind(0)

@@ -123,6 +123,10 @@ def test_per_env_defaults_fill_only_the_flags_left_unset():
     assert all(set(row) == set(milet.ENV_DEFAULTS["AntGoal"]) for row in milet.ENV_DEFAULTS.values())
     assert all(getattr(milet.Args(), name) == value for name, value in milet.ENV_DEFAULTS["PointGoal"].items())
     assert milet.parse_args([]) == milet.Args()
+    # each prefix decodes a random 50 (Hopper, Walker) or 100 (Humanoid) steps, as the authors' configs; Ant all
+    decodes = {env_id: row["vae_num_decodes"] for env_id, row in milet.ENV_DEFAULTS.items()}
+    assert decodes == {"PointGoal": 0, "AntGoal": 0, "AntGoalPartial": 0, "AntU": 0, "HumanoidDir": 100,
+                       "HumanoidDirSparse": 100, "HopperRandParams": 50, "WalkerRandParams": 50}
 
 
 def test_ablation_flags_and_any_cluster_count_run(tmp_path):
