@@ -44,6 +44,8 @@ def only_run_dir(tmp_path):
     (["--async-envs"], "--async-envs is for the MuJoCo envs"),
     (["--vae-buffer-size", "0"], "--vae-buffer-size must be >= 1, got 0"),
     (["--update-threads", "0"], "--update-threads must be >= 1, got 0"),
+    (["--vae-num-decodes", "-1"], "--vae-num-decodes must be >= 0 (0: all), got -1"),
+    (["--vae-num-prefixes", "-3"], "--vae-num-prefixes must be >= 0 (0: all), got -3"),
     (["--gamma", "1.5"], "--gamma must be in [0, 1], got 1.5"),
     (["--gae-lambda", "-0.1"], "--gae-lambda must be in [0, 1], got -0.1"),
     (["--clip-coef", "0"], "--clip-coef must be > 0, got 0.0"),
