@@ -146,6 +146,9 @@ def check_trial_args(args, more_positive_flags: tuple = ()) -> None:
     for flag in ("gamma", "gae_lambda"):
         if not 0 <= getattr(args, flag) <= 1:
             exit_with_error(f"--{flag.replace('_', '-')} must be in [0, 1], got {getattr(args, flag)}")
+    for flag in ("vae_num_prefixes", "vae_num_decodes"):  # those the script has; 0 means all
+        if hasattr(args, flag) and getattr(args, flag) < 0:
+            exit_with_error(f"--{flag.replace('_', '-')} must be >= 0 (0: all), got {getattr(args, flag)}")
     for flag in ("clip_coef", "learning_rate", "exploit_lr", "explore_lr", "vae_lr"):  # those the script has
         if hasattr(args, flag) and not getattr(args, flag) > 0:
             exit_with_error(f"--{flag.replace('_', '-')} must be > 0, got {getattr(args, flag)}")

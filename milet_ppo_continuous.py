@@ -272,9 +272,6 @@ def parse_args(argv: Optional[list[str]] = None) -> Args:
         meta_test.exit_with_error("--credit-exploration credits the exploration policy: drop --no-exploration-policy")
     if args.update_threads is not None and args.update_threads < 1:
         meta_test.exit_with_error(f"--update-threads must be >= 1, got {args.update_threads}")
-    for flag, value in (("--vae-num-prefixes", args.vae_num_prefixes), ("--vae-num-decodes", args.vae_num_decodes)):
-        if value < 0:
-            meta_test.exit_with_error(f"{flag} must be >= 0 (0: all), got {value}")
     return args
 
 

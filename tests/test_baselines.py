@@ -52,7 +52,8 @@ def test_bad_input_is_rejected_with_one_line(method, flags, message, monkeypatch
 
 
 @pytest.mark.parametrize("flags, message", [(["--vae-buffer-size", "0"], "--vae-buffer-size must be >= 1, got 0"),
-                                           (["--vae-lr", "0"], "--vae-lr must be > 0, got 0.0")])
+                                           (["--vae-lr", "0"], "--vae-lr must be > 0, got 0.0"),
+                                           (["--vae-num-prefixes", "-1"], "--vae-num-prefixes must be >= 0 (0: all), got -1")])
 def test_varibad_rejects_an_empty_buffer_and_a_zero_vae_learning_rate(flags, message, monkeypatch):
     import varibad_ppo_continuous as varibad
 
