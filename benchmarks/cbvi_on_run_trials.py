@@ -80,8 +80,8 @@ def exploration_episodes(tasks):
 
 test_episode, test_clusters, test_record = exploration_episodes(split)
 probe_episode, probe_clusters, _ = exploration_episodes(probe)
-print(f"test trials: episode 1 / 2 returns {test_record['return_episode_1']:.1f} / "
-      f"{test_record['return_episode_2']:.1f}, the run's NMI at the end of exploration "
+print(f"test trials: episode 1 / 2 returns {test_record['return_episode_1']:.3f} / "
+      f"{test_record['return_episode_2']:.3f}, the run's NMI at the end of exploration "
       f"{test_record['nmi_end_of_exploration']:.3f} (ceiling {test_record['nmi_ceiling']:.3f}), "
       f"{time.time() - start:.0f} s", flush=True)
 

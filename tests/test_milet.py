@@ -341,3 +341,24 @@ def test_training_trials_nmi_is_scored_on_the_clusters_of_the_tasks_drawn(tmp_pa
     for record, (step_20, end) in zip(records[1:], zip(train_calls[::2], train_calls[1::2])):
         assert record["train_nmi_step_20"] == real_nmi(*step_20)
         assert record["train_nmi_end_of_exploration"] == real_nmi(*end)
+
+
+def test_cbvi_on_run_trials_rescores_the_runs_own_evaluation_and_retrains(tmp_path):
+    """benchmarks/cbvi_on_run_trials.py (issue 28, item 4) on a finished tiny run: the models it rebuilds from
+    resume.pt replay the run's last evaluation (its returns), its offline re-encoding of those test trials gives the
+    NMI that evaluation logged, and a fresh CBVI trains and is scored."""
+    run_script(tmp_path, *tiny(3), "--num-clusters", "2")
+    run_dir = only_run_dir(tmp_path)
+    last = json.loads(open(os.path.join(run_dir, "eval.jsonl")).read().splitlines()[-1])
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "cbvi_on_run_trials.py"), run_dir,
+                             "--updates", "2", "--report-every", "1", "--probe-tasks", "8", "--lambda-i", "0.5"],
+                            capture_output=True, text=True, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    replayed = next(line for line in lines if line.startswith("test trials:"))
+    assert f"returns {last['return_episode_1']:.3f} / {last['return_episode_2']:.3f}," in replayed, (replayed, last)
+    own = next(line for line in lines if line.startswith("the run's CBVI: NMI"))
+    assert f"end {last['nmi_end_of_exploration']:.3f};" in own, (own, last["nmi_end_of_exploration"])
+    assert "fresh CBVI, overrides {'lambda_i': 0.5}" in result.stdout
+    assert [line.split(":")[0] for line in lines if line.startswith("update ")] == ["update 1", "update 2"]
+    assert sum("z own: reward error" in line and "z shuffled: reward error" in line for line in lines) == 2
