@@ -92,7 +92,7 @@ def report(model, name):
     belief = model.eval().encode(*test_episode, sample=False)
     nmi = [normalized_mutual_info_score(test_clusters, belief.cluster_probs[t].argmax(-1).numpy())
            for t in (min(20, H), H)]
-    mean_probs = "[" + ", ".join(f"{p:.2f}" for p in belief.cluster_probs[H].mean(0))  + "]"  # q(c) at H, task mean
+    mean_probs = "[" + ", ".join(f"{p:.2f}" for p in belief.cluster_probs[H].mean(0)) + "]"  # q(c) at H, task mean
     probe_z = model.encode(*probe_episode, sample=False).z_mean[H].numpy()
     kmeans = KMeans(K, n_init=10, random_state=0).fit_predict(probe_z)
     z_nmi = normalized_mutual_info_score(probe_clusters, kmeans)
@@ -116,12 +116,12 @@ def value_of_the_task(model, trials=200):
         if model.state_decoder is not None:
             errors[name].append(model.state_decoder.mean_squared_error(latent, torch.cat(embedded[:2], -1), next_obs))
     model.train()
-    return "; ".join(f"z {name}: reward error {values[0]:.5f}" + (f", state error {values[1]:.4f}" if len(values) > 1
+    return f"on {trials} trials of V: " + "; ".join(f"z {name}: reward error {values[0]:.5f}" + (f", state error {values[1]:.4f}" if len(values) > 1
                                                                   else "") for name, values in errors.items())
 
 
 print(report(run_cbvi, "the run's CBVI"), flush=True)
-print(f"the run's CBVI on {200} trials of V: {value_of_the_task(run_cbvi)}", flush=True)
+print(f"the run's CBVI {value_of_the_task(run_cbvi)}", flush=True)
 if opts.updates:
     overrides = {name: value for name, value in (("lambda_i", opts.lambda_i), ("cat_weight", opts.cat_weight),
                                                   ("kl_weight", opts.kl_weight)) if value is not None}
@@ -140,4 +140,4 @@ if opts.updates:
         if update % opts.report_every == 0 or update == opts.updates:
             terms = ", ".join(f"{key} {value.item():.4g}" for key, value in losses.items())
             print(f"update {update}: {report(cbvi, 'fresh')}; {terms}; {time.time() - start:.0f} s", flush=True)
-    print(f"fresh CBVI on 200 trials of V: {value_of_the_task(cbvi)}", flush=True)
+    print(f"fresh CBVI {value_of_the_task(cbvi)}", flush=True)
