@@ -62,7 +62,7 @@ class Args:
     save_model: bool = False
     """if toggled, save a checkpoint (runs/<run_name>/<exp_name>.pt) at every evaluation"""
     eval_checkpoint: Optional[str] = None
-    """if set, load this checkpoint, re-run the meta-test evaluation, print it as JSON and exit"""
+    """if set, load this checkpoint (--save-model's .pt or a resume.pt), re-run the meta-test, print it as JSON, exit"""
     eval_every: int = 25
     """meta-test evaluation every this many iterations (and before training and at the end)"""
     eval_trials: int = 1
@@ -520,7 +520,7 @@ def save_checkpoint(path, args, cbvi, explore_agent, exploit_agent, obs_rms, ite
 
 
 def load_checkpoint(path: str, device="cpu"):
-    """Rebuild (args, cbvi, explore_agent, exploit_agent, obs_rms) from a `--save-model` checkpoint."""
+    """Rebuild (args, cbvi, explore_agent, exploit_agent, obs_rms) from a `--save-model` checkpoint or a resume.pt."""
     state = torch.load(path, map_location=device, weights_only=False)
     args = Args(**{k: tuple(v) if isinstance(v, list) else v for k, v in state["args"].items()})
     probe = envs_clustered.make_env(args.env_id, episode_length=args.episode_length)
@@ -531,13 +531,14 @@ def load_checkpoint(path: str, device="cpu"):
     if explore_agent is not None:
         explore_agent.load_state_dict(state["explore_agent"])
     obs_rms = RunningMeanStd(shape=probe.observation_space.shape)
-    obs_rms.mean, obs_rms.var, obs_rms.count = state["obs_rms"]
+    # --save-model stores the observation normaliser as obs_rms, resume.pt as rms = (obs_rms, return_rms)
+    obs_rms.mean, obs_rms.var, obs_rms.count = state["obs_rms"] if "obs_rms" in state else state["rms"][0]
     return args, cbvi, explore_agent, exploit_agent, obs_rms
 
 
 if __name__ == "__main__":
     args = parse_args()
-    if args.eval_checkpoint is not None:  # re-run the meta-test of a --save-model checkpoint, print it, exit
+    if args.eval_checkpoint is not None:  # re-run the meta-test of a checkpoint, print it, exit
         if not os.path.isfile(args.eval_checkpoint):
             meta_test.exit_with_error(f"no checkpoint at {args.eval_checkpoint}")
         args, cbvi, explore_agent, exploit_agent, obs_rms = load_checkpoint(args.eval_checkpoint)

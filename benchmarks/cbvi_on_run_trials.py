@@ -26,7 +26,6 @@ import time
 
 import numpy as np
 import torch
-from gymnasium.wrappers.utils import RunningMeanStd
 from sklearn.cluster import KMeans
 from sklearn.metrics import normalized_mutual_info_score
 
@@ -49,16 +48,10 @@ torch.manual_seed(opts.seed)
 torch.set_num_threads(1)
 start = time.time()
 
-state = torch.load(os.path.join(opts.run, "resume.pt"), weights_only=False)
-args = milet.Args(**{k: tuple(v) if isinstance(v, list) else v for k, v in state["args"].items()})
+args, run_cbvi, explore_agent, exploit_agent, obs_rms = milet.load_checkpoint(os.path.join(opts.run, "resume.pt"))
+state = torch.load(os.path.join(opts.run, "resume.pt"), weights_only=False)  # the trial buffer and the frame count
 probe_env = envs_clustered.make_env(args.env_id, episode_length=args.episode_length)
 obs_dim, action_dim = probe_env.observation_space.shape[0], probe_env.action_space.shape[0]
-run_cbvi, explore_agent, exploit_agent = milet.build_models(args, obs_dim, action_dim, "cpu")
-run_cbvi.load_state_dict(state["cbvi"])
-exploit_agent.load_state_dict(state["exploit_agent"])
-explore_agent.load_state_dict(state["explore_agent"])
-obs_rms = RunningMeanStd(shape=(obs_dim,))
-obs_rms.mean, obs_rms.var, obs_rms.count = state["rms"][0]
 buffer = TrialBuffer(args.vae_buffer_size, 1 + args.num_exploit_episodes, args.episode_length, obs_dim, action_dim)
 buffer.load_state_dict(state["buffer"])
 H, K = args.episode_length, milet.cluster_slots(args)

@@ -144,14 +144,16 @@ def test_ablation_flags_and_any_cluster_count_run(tmp_path):
 
 
 def test_checkpoint_reruns_the_same_evaluation(tmp_path):
+    """Both checkpoint layouts: --save-model's milet_ppo_continuous.pt and --resume's resume.pt."""
     run_script(tmp_path, *tiny(), "--save-model")
     run_dir = only_run_dir(tmp_path)
     summary = json.load(open(os.path.join(run_dir, "summary.json")))
-    result = launch.run_script(SCRIPT, "--eval-checkpoint", os.path.join(run_dir, "milet_ppo_continuous.pt"))
-    assert result.returncode == 0, result.stderr[-3000:]
-    rerun = json.loads(result.stdout.strip().splitlines()[-1])
-    assert rerun["return_episode_2"] == pytest.approx(summary["test_return_episode_2"], abs=1e-5)
-    assert rerun["nmi_per_step"] == pytest.approx(summary["nmi_per_step"], abs=1e-9)
+    for checkpoint in ("milet_ppo_continuous.pt", "resume.pt"):
+        result = launch.run_script(SCRIPT, "--eval-checkpoint", os.path.join(run_dir, checkpoint))
+        assert result.returncode == 0, result.stderr[-3000:]
+        rerun = json.loads(result.stdout.strip().splitlines()[-1])
+        assert rerun["return_episode_2"] == pytest.approx(summary["test_return_episode_2"], abs=1e-5), checkpoint
+        assert rerun["nmi_per_step"] == pytest.approx(summary["nmi_per_step"], abs=1e-9), checkpoint
 
 
 def test_same_seed_gives_the_same_numbers(tmp_path):
