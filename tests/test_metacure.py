@@ -179,6 +179,20 @@ def test_mujoco_envs_take_metacures_ant_goal_row(tmp_path):
     assert all(getattr(metacure.Args(), name) == value for name, value in metacure.ENV_DEFAULTS["PointGoal"].items())
 
 
+@pytest.mark.parametrize("env_id", [e for e in metacure.envs_clustered.ENV_IDS if e not in ("PointGoal", "AntGoal")])
+def test_every_other_env_runs_end_to_end_with_its_row(tmp_path, env_id):
+    """A tiny run on each remaining env id (PointGoal and AntGoal have theirs above): trains, evaluates, writes."""
+    run_metacure(tmp_path, "--env-id", env_id, *TINY, "--net-size", "32", "--buffer-size-per-task", "40")
+    run_dir = only_run_dir(tmp_path)
+    args = json.load(open(os.path.join(run_dir, "args.json")))
+    assert args["latent_size"] == metacure.ENV_DEFAULTS[env_id]["latent_size"] and args["net_size"] == 32
+    summary = json.load(open(os.path.join(run_dir, "summary.json")))
+    assert summary["env_id"] == env_id and summary["global_step"] == 80 and len(summary["test_clusters_true"]) == 32
+    records = [json.loads(line) for line in open(os.path.join(run_dir, "eval.jsonl"))]
+    assert [r["iteration"] for r in records] == [0, 1, 2]
+    assert all(np.isfinite([r["return_episode_1"], r["return_episode_2"]]).all() for r in records)
+
+
 def test_a_killed_run_resumes_to_the_same_evaluations_as_an_uninterrupted_run(tmp_path):
     """As tests/test_milet.py for the other scripts: killed after the first resume.pt, --resume, identical eval.jsonl.
     The checkpoint holds the networks, the optimisers, the replay buffers and every random generator."""
