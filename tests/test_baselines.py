@@ -2,6 +2,7 @@
 the shared evaluation protocol (same keys as MILET, NMI omitted), reproducibility, and plots.py on their runs."""
 import json
 import os
+import subprocess
 import sys
 
 import numpy as np
@@ -174,3 +175,25 @@ def test_varibad_oracle_sees_the_true_task_and_trains_no_vae(tmp_path, env_id):
     policy = torch.load(os.path.join(run_dir, "resume.pt"), weights_only=False)["agent"]
     # state, time t / T and the true task, no latent
     assert policy["critic.0.weight"].shape[1] == obs_dim + 1 + split.train_tasks.shape[1]
+
+
+def test_oracle_on_env_replays_its_run_and_scores_the_same_walk_on_the_partial_reward(tmp_path):
+    """benchmarks/oracle_on_env.py (issue 28: AntGoalPartial's oracle is AntGoal's): on the run's own env it gives the
+    run's last evaluation, on AntGoalPartial the same trajectories (final distances) under the other reward, and it
+    refuses an env whose test tasks the oracle was not told."""
+    run_baseline("varibad", tmp_path, "--env-id", "AntGoal", "--oracle", *TINY["varibad"])
+    run_dir = only_run_dir(tmp_path)
+    last = json.loads(open(os.path.join(run_dir, "eval.jsonl")).read().splitlines()[-1])
+
+    def score(env_id):
+        return subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "oracle_on_env.py"), run_dir,
+                               "--env-id", env_id], capture_output=True, text=True, cwd=ROOT,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+    own, partial, other = score("AntGoal"), score("AntGoalPartial"), score("HumanoidDir")
+    assert own.returncode == 0 and partial.returncode == 0, own.stderr + partial.stderr
+    own, partial = json.loads(own.stdout), json.loads(partial.stdout)
+    assert own["return_episode_2"] == pytest.approx(last["return_episode_2"], abs=1e-6)
+    assert partial["final_distance_episode_2"] == pytest.approx(own["final_distance_episode_2"], abs=1e-9)
+    assert partial["return_episode_2"] != pytest.approx(own["return_episode_2"], abs=1e-3)
+    assert other.returncode != 0 and "test tasks are not those of AntGoal" in other.stderr
