@@ -210,6 +210,13 @@ def test_late_table_is_the_late_mean_and_its_standard_error(runs):
     seed1 = records(runs["seed1"])
     reach = np.mean([r["exploration_reach_median"] for r in seed1 if r["global_step"] >= 0.5 * seed1[-1]["global_step"]])
     assert f"{reach:.3g} (1 of 2 runs)" in group and "nan" not in group
+    # the NMI after 20 steps is nmi_per_step[19] (tiny runs explore fewer steps: give them 25 known ones)
+    for index, record in enumerate(loaded[0].records):
+        record["nmi_per_step"] = [0.0] * 19 + [0.1 * index] * 6
+    table = plots.late_table(loaded[:1], late=0.5)
+    step_20 = [0.1 * i for i, r in enumerate(loaded[0].records) if r["global_step"] >= 0.5 * seed1[-1]["global_step"]]
+    header, row = table.splitlines()[0].split("|"), table.splitlines()[2].split("|")
+    assert row[header.index(" nmi after 20 steps ")].strip().startswith(f"{np.mean(step_20):.3g} ± "), row
     window = plots.late_table(plots.load_runs([runs["seed1"]]), frames=(40, 80))  # --frames 40 80: evaluations 1, 2
     values = [r["return_episode_2"] for r in records(runs["seed1"])[1:3]]
     assert [r["global_step"] for r in records(runs["seed1"])[1:3]] == [40, 80]
