@@ -512,18 +512,25 @@ def late_table(runs: list[Run], group_by: str = "exp_name", late: float = 0.8,
     """Markdown: per run, the late average of every episode's test return, of its median final distance to the goal
     (goal envs) and of the NMI at the end of exploration and after 20 steps (where logged): the mean over the
     evaluations at >= `late` of the run's last frame (or, given `frames`, at START <= frame <= END), +- the standard
-    error over those evaluations; per group of several runs, the mean of the runs' late averages +- its standard error over the runs
-    (seeds)."""
+    error over those evaluations; per group of several runs, the mean of the runs' late averages +- its standard
+    error over the runs (seeds)."""
     keys = _episode_keys(runs)
     columns = keys + [f"final_distance_episode_{k[len('return_episode_'):]}_median" for k in keys]
-    columns += ["exploration_reach_median", "nmi_end_of_exploration", "nmi_after_20_steps", "train_nmi_end_of_exploration"]
-    derived = {"nmi_after_20_steps": lambda r: r["nmi_per_step"][19] if len(r.get("nmi_per_step", [])) > 19 else None}
-    columns = [c for c in columns if any((derived[c](r) if c in derived else r.get(c)) is not None
-                                         for run in runs for r in run.records)]
+    columns += ["exploration_reach_median", "nmi_end_of_exploration", "nmi_after_20_steps",
+                "train_nmi_end_of_exploration"]
+
+    def value(record: dict, key: str):
+        """the record's value of `key`, None where it logged none; nmi_after_20_steps is read off nmi_per_step"""
+        if key == "nmi_after_20_steps":
+            per_step = record.get("nmi_per_step", [])
+            return per_step[19] if len(per_step) > 19 else None
+        return record.get(key)
+
+    columns = [c for c in columns if any(value(r, c) is not None for run in runs for r in run.records)]
 
     def late_values(run: Run, key: str) -> list:
         start, end = frames or (late * run.records[-1]["global_step"], float("inf"))
-        values = [derived[key](r) if key in derived else r.get(key) for r in run.records if start <= r["global_step"] <= end]
+        values = [value(r, key) for r in run.records if start <= r["global_step"] <= end]
         return [v for v in values if v is not None]
 
     def cell(values, single: Optional[str] = None) -> str:
