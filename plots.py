@@ -224,10 +224,13 @@ def _reference_line(ax, runs: list[Run], key: str, label: str, colour: str, reco
         ax.axhline(float(np.mean(values)), ls="--", lw=1.2, color=colour, label=label)
 
 
-def plot_curves(runs: list[Run], group_by: str = "exp_name", stat: Stat = "iqm", reps: int = REPS, seed: int = SEED):
+def plot_curves(runs: list[Run], group_by: str = "exp_name", stat: Stat = "iqm", reps: int = REPS, seed: int = SEED,
+                log_frames: bool = False):
     """Fig. 2/4: test return per episode of the trial against frames, and NMI at the end of exploration; on the goal
     envs a second row, the median distance to the goal at the end of each episode. A group of one run is drawn with
-    the band of +-1 standard error of its mean return over the test tasks (return_episode_k_sem)."""
+    the band of +-1 standard error of its mean return over the test tasks (return_episode_k_sem). log_frames puts
+    frames on a log axis (methods whose budgets differ a hundredfold; frame 0 drops off it, and the untrained policy
+    stays as its dashed line)."""
     groups = group_runs(runs, group_by)
     keys = _episode_keys(runs)
     distance_keys = [f"final_distance_episode_{k[len('return_episode_'):]}_median" for k in keys]
@@ -280,6 +283,9 @@ def plot_curves(runs: list[Run], group_by: str = "exp_name", stat: Stat = "iqm",
                ylabel="distance (m)")
         ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
+    if log_frames:
+        for ax in axes.flat:
+            ax.set_xscale("log")
     axes[0][0].legend(fontsize=8)
     fig.suptitle(f"{runs[0].env_id}: {BAND_TITLES[stat]}")
     fig.tight_layout()
@@ -609,12 +615,18 @@ class Statistics:
 
 
 @dataclass
-class Curves(Figure, Statistics):
-    """Fig. 2/4: test return per episode against frames, IQM (or mean) over the runs of each group, plus NMI."""
+class RunGroups(Figure, Statistics):
     runs: tyro.conf.Positional[list[str]] = field(default_factory=list)
     """run folders (runs/<run_name>)"""
     group_by: str = "exp_name"
     """argument that groups runs into lines (or method: milet, varibad, oracle, rl2, pearl, metacure)"""
+
+
+@dataclass
+class Curves(RunGroups):
+    """Fig. 2/4: test return per episode against frames, IQM (or mean) over the runs of each group, plus NMI."""
+    log_frames: bool = False
+    """frames on a log axis, for methods whose budgets differ a hundredfold (MetaCURE's against PPO's)"""
 
 
 @dataclass
@@ -627,7 +639,7 @@ class Traces(Figure):
 
 
 @dataclass
-class Nmi(Curves):
+class Nmi(RunGroups):
     """Fig. 3c: NMI against the step of the exploration episode, one line per group."""
     record: int = -1
     """which evaluation of each run (index into eval.jsonl; -1 = the last)"""
@@ -837,7 +849,8 @@ def main(command) -> Optional[str]:
         fig = plot_nmi(load_runs(command.runs), command.group_by, command.record, command.stat, command.reps,
                        command.bootstrap_seed)
     elif isinstance(command, Curves):
-        fig = plot_curves(load_runs(command.runs), command.group_by, command.stat, command.reps, command.bootstrap_seed)
+        fig = plot_curves(load_runs(command.runs), command.group_by, command.stat, command.reps, command.bootstrap_seed,
+                          command.log_frames)
     elif isinstance(command, Clusters):
         fig = plot_cluster_counts(load_runs(command.runs), command.group_by)
     elif isinstance(command, Profiles):

@@ -4,6 +4,7 @@ import os
 
 import numpy as np
 import pytest
+import tyro
 
 import launch
 import plots
@@ -62,6 +63,20 @@ def test_curves_plot_the_mean_over_seeds_of_what_was_logged(runs, tmp_path):
         for label, value in references.items():
             (line,) = [line for line in ax.lines if line.get_label() == label]
             assert line.get_linestyle() == "--" and np.allclose(line.get_ydata(), value)
+
+
+def test_curves_on_a_log_frame_axis_draw_the_same_lines(runs, tmp_path):
+    paths = [runs["seed1"], runs["ablation"]]
+    linear, logarithmic = (plots.plot_curves(plots.load_runs(paths), log_frames=log) for log in (False, True))
+    assert {ax.get_xscale() for ax in linear.axes} == {"linear"}
+    assert {ax.get_xscale() for ax in logarithmic.axes} == {"log"}
+    for ax_linear, ax_log in zip(linear.axes, logarithmic.axes):
+        assert [line.get_label() for line in ax_linear.lines] == [line.get_label() for line in ax_log.lines]
+        for a, b in zip(ax_linear.lines, ax_log.lines):
+            np.testing.assert_array_equal(a.get_xydata(), b.get_xydata())
+    out = str(tmp_path / "log.png")  # the flag on the command line
+    assert plots.main(tyro.cli(plots.Command, args=["curves", *paths, "--log-frames", "--out", out])) == out
+    assert os.path.getsize(out) > 0
 
 
 def test_traces_show_the_logged_xy_and_clusters(runs):
