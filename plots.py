@@ -285,7 +285,7 @@ def plot_curves(runs: list[Run], group_by: str = "exp_name", stat: Stat = "iqm",
         ax.grid(alpha=0.3)
     if log_frames:
         for ax in axes.flat:
-            ax.set_xscale("log")
+            ax.set_xscale("log", nonpositive="mask")  # frame 0 (the untrained policy) is left off, not drawn at the edge
     axes[0][0].legend(fontsize=8)
     fig.suptitle(f"{runs[0].env_id}: {BAND_TITLES[stat]}")
     fig.tight_layout()
