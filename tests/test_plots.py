@@ -321,3 +321,22 @@ def test_group_by_method_names_the_script_that_wrote_each_committed_run():
     groups = plots.group_runs([r for r in runs if r.env_id == "AntGoal"], "method")
     assert {name: len(members) for name, members in groups.items()} == {"milet": 1, "varibad": 2, "oracle": 1, "rl2": 1}
     assert plots.method_of({"env_id": "AntGoal", "exp_name": "x", "seed": 1}) == "?"  # a folder name alone says nothing
+
+
+def test_nmi_chance_is_the_nmi_of_shuffled_predictions(runs):
+    """plots.py late's chance column: the NMI that the predicted labels reach once shuffled over the tasks. One
+    predicted cluster scores 0 however it is shuffled; a perfect clustering of 32 tasks in 4 clusters of 8 scores 1,
+    and about 0.13 shuffled (the floor that docs/results.md quotes for NMI on 32 test tasks)."""
+    true = tuple(k % 4 for k in range(32))
+    assert plots.nmi_chance(true, (2,) * 32) == 0.0
+    shuffled = plots.nmi_chance(true, true)
+    assert 0.09 < shuffled < 0.17, shuffled
+    assert plots.nmi_chance(true, true, seed=1) != shuffled  # the shuffles are random, the mean of 200 is stable
+    assert abs(plots.nmi_chance(true, true, seed=1) - shuffled) < 0.02
+    # the late table averages each late evaluation's chance level, as it does the NMI itself
+    rs = records(runs["seed1"])
+    late = [plots.nmi_chance(tuple(r["test_clusters_true"]), tuple(r["test_clusters_pred"]))
+            for r in rs if r["global_step"] >= 0.5 * rs[-1]["global_step"]]
+    table = plots.late_table(plots.load_runs([runs["seed1"]]), late=0.5).splitlines()
+    header, row = table[0].split("|"), table[2].split("|")
+    assert row[header.index(" nmi chance end of exploration ")].strip().startswith(f"{np.mean(late):.3g} ± "), row
