@@ -6,14 +6,16 @@ cluster at all, and which term of the CBVI loss keeps q(c | tau) from using it? 
 
 1. rolls out the run's own policies on the 32 test tasks and on --probe-tasks training tasks (deterministic, as the
    meta-test), and reports for the run's CBVI the NMI of argmax q(c | tau_:t) at step 20 and at the end of the
-   exploration episode, and the NMI of k-means (K clusters) on the posterior mean z at the end of exploration: the
-   cluster information the encoder holds in z, whether or not q(c) uses it;
+   exploration episode, the NMI of k-means (K clusters) on the posterior mean z at the end of exploration (the
+   cluster information the encoder holds in z, whether or not q(c) uses it), and how many of the cluster head's
+   hidden ReLUs still fire on the test trials;
 2. trains a fresh CBVI (the run's own settings, with the overrides given) on the trials of the run's buffer exactly
    as the training loop does (batches of vae_batch_size whole trials, Adam, grad-norm clip 1, the target prior
    refreshed every target_prior_every updates), and reports the same NMIs on the same test trials as it trains.
 
     python benchmarks/cbvi_on_run_trials.py runs/<a MILET run> --updates 600
     python benchmarks/cbvi_on_run_trials.py runs/<a MILET run> --updates 600 --lambda-i 1e-4
+    python benchmarks/cbvi_on_run_trials.py runs/<a MILET run> --updates 400 --cluster-head-slope 0.01
 
 The retrained model sees the run's trials, not trials of its own policies, so it answers "can CBVI cluster these
 trials with this setting", not "would the run have learned it".
@@ -42,6 +44,8 @@ parser.add_argument("--probe-tasks", type=int, default=128, help="training tasks
 parser.add_argument("--lambda-i", type=float, default=None, help="override: L_I's weight (Eq. 6)")
 parser.add_argument("--cat-weight", type=float, default=None, help="override: the weight of KL(q(c) || U(K))")
 parser.add_argument("--kl-weight", type=float, default=None, help="override: the weight of the z KL term")
+parser.add_argument("--cluster-head-slope", type=float, default=0.0,
+                    help="experiment: the fresh CBVI's cluster head uses LeakyReLU with this negative slope (0: ReLU)")
 parser.add_argument("--seed", type=int, default=1)
 opts = parser.parse_args()
 torch.manual_seed(opts.seed)
@@ -89,9 +93,18 @@ def report(model, name):
     probe_z = model.encode(*probe_episode, sample=False).z_mean[H].numpy()
     kmeans = KMeans(K, n_init=10, random_state=0).fit_predict(probe_z)
     z_nmi = normalized_mutual_info_score(probe_clusters, kmeans)
+    # The cluster head is Linear -> ReLU -> Linear (as the authors'): a hidden unit silent on every step passes no
+    # gradient, and once all are silent q(c) is a constant (the bias) that training can no longer move.
+    h_alpha = model._all_prefix_states(*test_episode)[0][1:]
+    firing = (model.cluster_head[1](model.cluster_head[0](h_alpha)) > 0).float().mean((0, 1))
+    prior = model.prior(torch.eye(K))  # p_omega(z | c = k): clusters need components apart, not K copies of one
+    spread = torch.cdist(prior.mean, prior.mean).max().item()
     model.train()
     return (f"{name}: NMI argmax q(c) step 20 {nmi[0]:.3f}, end {nmi[1]:.3f}; mean q(c) at the end "
-            f"{mean_probs}; NMI k-means(z) on {len(probe_clusters)} training tasks {z_nmi:.3f}")
+            f"{mean_probs}; NMI k-means(z) on {len(probe_clusters)} training tasks {z_nmi:.3f}; cluster-head "
+            f"ReLUs firing on >= 1% of the test steps {int((firing >= 0.01).sum())} of {len(firing)}, on none "
+            f"{int((firing == 0).sum())}; prior components' means at most {spread:.3f} apart (their std "
+            f"{prior.stddev.min().item():.2f}-{prior.stddev.max().item():.2f})")
 
 
 
@@ -120,6 +133,9 @@ if opts.updates:
                                                   ("kl_weight", opts.kl_weight)) if value is not None}
     fresh_args = dataclasses.replace(args, **overrides)
     cbvi = milet.build_models(fresh_args, obs_dim, action_dim, "cpu")[0]
+    if opts.cluster_head_slope:  # not a setting of the training script: a test of whether silent ReLUs matter
+        cbvi.cluster_head[1] = torch.nn.LeakyReLU(opts.cluster_head_slope)
+        overrides["cluster_head_slope"] = opts.cluster_head_slope
     optimizer = torch.optim.Adam(cbvi.parameters(), lr=args.vae_lr)
     print(f"fresh CBVI, overrides {overrides or 'none'}", flush=True)
     for update in range(1, opts.updates + 1):
