@@ -7,8 +7,8 @@ cluster at all, and which term of the CBVI loss keeps q(c | tau) from using it? 
 1. rolls out the run's own policies on the 32 test tasks and on --probe-tasks training tasks (deterministic, as the
    meta-test), and reports for the run's CBVI the NMI of argmax q(c | tau_:t) at step 20 and at the end of the
    exploration episode, the NMI of k-means (K clusters) on the posterior mean z at the end of exploration (the
-   cluster information the encoder holds in z, whether or not q(c) uses it), and how many of the cluster head's
-   hidden ReLUs still fire on the test trials;
+   cluster information the encoder holds in z, whether or not q(c) uses it), how many of the cluster head's
+   hidden ReLUs still fire on the test trials, and how far apart the K prior components p_omega(z | c) lie;
 2. trains a fresh CBVI (the run's own settings, with the overrides given) on the trials of the run's buffer exactly
    as the training loop does (batches of vae_batch_size whole trials, Adam, grad-norm clip 1, the target prior
    refreshed every target_prior_every updates), and reports the same NMIs on the same test trials as it trains.
@@ -97,13 +97,14 @@ def report(model, name):
     # gradient, and once all are silent q(c) is a constant (the bias) that training can no longer move.
     h_alpha = model._all_prefix_states(*test_episode)[0][1:]
     firing = (model.cluster_head[1](model.cluster_head[0](h_alpha)) > 0).float().mean((0, 1))
+    logit_std = model.cluster_head(h_alpha).std((0, 1)).max().item()  # over tasks and steps: 0 for a constant q(c)
     prior = model.prior(torch.eye(K))  # p_omega(z | c = k): clusters need components apart, not K copies of one
     spread = torch.cdist(prior.mean, prior.mean).max().item()
     model.train()
     return (f"{name}: NMI argmax q(c) step 20 {nmi[0]:.3f}, end {nmi[1]:.3f}; mean q(c) at the end "
             f"{mean_probs}; NMI k-means(z) on {len(probe_clusters)} training tasks {z_nmi:.3f}; cluster-head "
             f"ReLUs firing on >= 1% of the test steps {int((firing >= 0.01).sum())} of {len(firing)}, on none "
-            f"{int((firing == 0).sum())}; prior components' means at most {spread:.3f} apart (their std "
+            f"{int((firing == 0).sum())}; q(c) logits' std over tasks and steps {logit_std:.4f}; prior components' means at most {spread:.3f} apart (their std "
             f"{prior.stddev.min().item():.2f}-{prior.stddev.max().item():.2f})")
 
 
@@ -138,6 +139,7 @@ if opts.updates:
         overrides["cluster_head_slope"] = opts.cluster_head_slope
     optimizer = torch.optim.Adam(cbvi.parameters(), lr=args.vae_lr)
     print(f"fresh CBVI, overrides {overrides or 'none'}", flush=True)
+    print(f"update 0: {report(cbvi, 'fresh')}", flush=True)
     for update in range(1, opts.updates + 1):
         losses = cbvi.loss(*buffer.sample(args.vae_batch_size, "cpu"))
         optimizer.zero_grad()
