@@ -1,6 +1,7 @@
 """End-to-end tests of milet_ppo_continuous.py: bad input, every env id, checkpoints, NaN handling, reproducibility."""
 import json
 import os
+import re
 import runpy
 import subprocess
 import sys
@@ -362,5 +363,9 @@ def test_cbvi_on_run_trials_rescores_the_runs_own_evaluation_and_retrains(tmp_pa
     own = next(line for line in lines if line.startswith("the run's CBVI: NMI"))
     assert f"end {last['nmi_end_of_exploration']:.3f};" in own, (own, last["nmi_end_of_exploration"])
     assert "fresh CBVI, overrides {'lambda_i': 0.5}" in result.stdout
-    assert [line.split(":")[0] for line in lines if line.startswith("update ")] == ["update 1", "update 2"]
+    # the fresh model is scored before its first update too, then after each
+    assert [line.split(":")[0] for line in lines if line.startswith("update ")] == ["update 0", "update 1", "update 2"]
+    for line in [own] + [line for line in lines if line.startswith("update ")]:
+        firing, silent = map(int, re.search(r"firing on >= 1% of the test steps (\d+) of 32, on none (\d+)", line).groups())
+        assert firing + silent <= 32 and re.search(r"q\(c\) logits' std over tasks and steps \d", line), line
     assert sum("z own: reward error" in line and "z shuffled: reward error" in line for line in lines) == 2
