@@ -97,15 +97,16 @@ def report(model, name):
     # gradient, and once all are silent q(c) is a constant (the bias) that training can no longer move.
     h_alpha = model._all_prefix_states(*test_episode)[0][1:]
     firing = (model.cluster_head[1](model.cluster_head[0](h_alpha)) > 0).float().mean((0, 1))
-    logit_std = model.cluster_head(h_alpha).std((0, 1)).max().item()  # over tasks and steps: 0 for a constant q(c)
+    logit_std = belief.cluster_logits[1:].std((0, 1)).max().item()  # over tasks and steps: 0 for a constant q(c)
     prior = model.prior(torch.eye(K))  # p_omega(z | c = k): clusters need components apart, not K copies of one
     spread = torch.cdist(prior.mean, prior.mean).max().item()
     model.train()
     return (f"{name}: NMI argmax q(c) step 20 {nmi[0]:.3f}, end {nmi[1]:.3f}; mean q(c) at the end "
             f"{mean_probs}; NMI k-means(z) on {len(probe_clusters)} training tasks {z_nmi:.3f}; cluster-head "
             f"ReLUs firing on >= 1% of the test steps {int((firing >= 0.01).sum())} of {len(firing)}, on none "
-            f"{int((firing == 0).sum())}; q(c) logits' std over tasks and steps {logit_std:.4f}; prior components' means at most {spread:.3f} apart (their std "
-            f"{prior.stddev.min().item():.2f}-{prior.stddev.max().item():.2f})")
+            f"{int((firing == 0).sum())}; q(c) logits' std over tasks and steps {logit_std:.4f}; prior components' "
+            f"means at most {spread:.3f} apart (their std {prior.stddev.min().item():.2f}-"
+            f"{prior.stddev.max().item():.2f})")
 
 
 
