@@ -16,6 +16,7 @@ cluster at all, and which term of the CBVI loss keeps q(c | tau) from using it? 
     python benchmarks/cbvi_on_run_trials.py runs/<a MILET run> --updates 600
     python benchmarks/cbvi_on_run_trials.py runs/<a MILET run> --updates 600 --lambda-i 1e-4
     python benchmarks/cbvi_on_run_trials.py runs/<a MILET run> --updates 400 --cluster-head-slope 0.01
+    python benchmarks/cbvi_on_run_trials.py runs/<a MILET run> --updates 400 --z-ignores-c
 
 The retrained model sees the run's trials, not trials of its own policies, so it answers "can CBVI cluster these
 trials with this setting", not "would the run have learned it".
@@ -44,8 +45,12 @@ parser.add_argument("--probe-tasks", type=int, default=128, help="training tasks
 parser.add_argument("--lambda-i", type=float, default=None, help="override: L_I's weight (Eq. 6)")
 parser.add_argument("--cat-weight", type=float, default=None, help="override: the weight of KL(q(c) || U(K))")
 parser.add_argument("--kl-weight", type=float, default=None, help="override: the weight of the z KL term")
+parser.add_argument("--gumbel-temperature", type=float, default=None,
+                    help="override: the temperature of the Gumbel-softmax sample of c in the loss")
 parser.add_argument("--cluster-head-slope", type=float, default=0.0,
                     help="experiment: the fresh CBVI's cluster head uses LeakyReLU with this negative slope (0: ReLU)")
+parser.add_argument("--z-ignores-c", action="store_true",
+                    help="experiment: the fresh CBVI's q(z | h_beta) gets no c (c reaches only the prior p_omega(z | c))")
 parser.add_argument("--seed", type=int, default=1)
 opts = parser.parse_args()
 torch.manual_seed(opts.seed)
@@ -132,12 +137,17 @@ print(report(run_cbvi, "the run's CBVI"), flush=True)
 print(f"the run's CBVI {value_of_the_task(run_cbvi)}", flush=True)
 if opts.updates:
     overrides = {name: value for name, value in (("lambda_i", opts.lambda_i), ("cat_weight", opts.cat_weight),
-                                                  ("kl_weight", opts.kl_weight)) if value is not None}
+                                                  ("kl_weight", opts.kl_weight),
+                                                  ("gumbel_temperature", opts.gumbel_temperature)) if value is not None}
     fresh_args = dataclasses.replace(args, **overrides)
     cbvi = milet.build_models(fresh_args, obs_dim, action_dim, "cpu")[0]
     if opts.cluster_head_slope:  # not a setting of the training script: a test of whether silent ReLUs matter
         cbvi.cluster_head[1] = torch.nn.LeakyReLU(opts.cluster_head_slope)
         overrides["cluster_head_slope"] = opts.cluster_head_slope
+    if opts.z_ignores_c:  # not the paper's q(z | tau, c) (Eq. 4): a test of whether z absorbing c's noise matters
+        z_params_given_c = cbvi._z_params
+        cbvi._z_params = lambda h_beta, c: z_params_given_c(h_beta, torch.zeros_like(c))
+        overrides["z_ignores_c"] = True
     optimizer = torch.optim.Adam(cbvi.parameters(), lr=args.vae_lr)
     print(f"fresh CBVI, overrides {overrides or 'none'}", flush=True)
     print(f"update 0: {report(cbvi, 'fresh')}", flush=True)

@@ -354,7 +354,8 @@ def test_cbvi_on_run_trials_rescores_the_runs_own_evaluation_and_retrains(tmp_pa
     run_dir = only_run_dir(tmp_path)
     last = json.loads(open(os.path.join(run_dir, "eval.jsonl")).read().splitlines()[-1])
     result = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "cbvi_on_run_trials.py"), run_dir,
-                             "--updates", "2", "--report-every", "1", "--probe-tasks", "8", "--lambda-i", "0.5"],
+                             "--updates", "2", "--report-every", "1", "--probe-tasks", "8", "--lambda-i", "0.5",
+                             "--gumbel-temperature", "0.5", "--z-ignores-c"],
                             capture_output=True, text=True, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
@@ -362,7 +363,7 @@ def test_cbvi_on_run_trials_rescores_the_runs_own_evaluation_and_retrains(tmp_pa
     assert f"returns {last['return_episode_1']:.3f} / {last['return_episode_2']:.3f}," in replayed, (replayed, last)
     own = next(line for line in lines if line.startswith("the run's CBVI: NMI"))
     assert f"end {last['nmi_end_of_exploration']:.3f};" in own, (own, last["nmi_end_of_exploration"])
-    assert "fresh CBVI, overrides {'lambda_i': 0.5}" in result.stdout
+    assert "fresh CBVI, overrides {'lambda_i': 0.5, 'gumbel_temperature': 0.5, 'z_ignores_c': True}" in result.stdout
     # the fresh model is scored before its first update too, then after each
     assert [line.split(":")[0] for line in lines if line.startswith("update ")] == ["update 0", "update 1", "update 2"]
     for line in [own] + [line for line in lines if line.startswith("update ")]:
