@@ -91,7 +91,8 @@ print(f"test trials: episode 1 / 2 returns {test_record['return_episode_1']:.3f}
 @torch.no_grad()
 def report(model, name):
     """NMI of argmax q(c) at step 20 and at H on the test trials; q(c)'s spread; NMI of k-means on z at H."""
-    belief = model.eval().encode(*test_episode, sample=False)
+    h_alpha, h_beta = model.eval()._all_prefix_states(*test_episode)  # CBVI.encode's pass, kept for the head's units
+    belief = model._belief(model._prefix_logits(h_alpha), h_beta, sample=False)
     nmi = [normalized_mutual_info_score(test_clusters, belief.cluster_probs[t].argmax(-1).numpy())
            for t in (min(20, H), H)]
     mean_probs = "[" + ", ".join(f"{p:.2f}" for p in belief.cluster_probs[H].mean(0)) + "]"  # q(c) at H, task mean
@@ -100,8 +101,7 @@ def report(model, name):
     z_nmi = normalized_mutual_info_score(probe_clusters, kmeans)
     # The cluster head is Linear -> ReLU -> Linear (as the authors'): a hidden unit silent on every step passes no
     # gradient, and once all are silent q(c) is a constant (the bias) that training can no longer move.
-    h_alpha = model._all_prefix_states(*test_episode)[0][1:]
-    firing = (model.cluster_head[1](model.cluster_head[0](h_alpha)) > 0).float().mean((0, 1))
+    firing = (model.cluster_head[1](model.cluster_head[0](h_alpha[1:])) > 0).float().mean((0, 1))
     logit_std = belief.cluster_logits[1:].std((0, 1)).max().item()  # over tasks and steps: 0 for a constant q(c)
     prior = model.prior(torch.eye(K))  # p_omega(z | c = k): clusters need components apart, not K copies of one
     spread = torch.cdist(prior.mean, prior.mean).max().item()
