@@ -6,7 +6,7 @@ print its figures per seed, with the lowest of each (the thresholds must sit bel
 
 --method is milet, varibad, rl2, pearl or metacure; each runs its check's CHECK_FLAGS (tests/test_learning.py). Runs go
 to benchmarks/calibration_runs/<method>/ (git-ignored). On one core of the slow machine of 2026-12-05 a run takes 11
-(PEARL) to 33 (MetaCURE) minutes; use --jobs 1 on a shared machine. --write records each seed's figures, the flags,
+(PEARL) to 37 (MetaCURE) minutes; use --jobs 1 on a shared machine. --write records each seed's figures, the flags,
 the date and the commit in tests/learning_calibration.json, which the learning checks read their reference figures
 from.
 """
