@@ -20,9 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
-from test_learning import CALIBRATION_PATH, CHECK_FLAGS, OFF_POLICY_SCRIPTS, SCRIPTS, learning_figures  # noqa: E402
-
-SCRIPTS = {**SCRIPTS, **OFF_POLICY_SCRIPTS}
+from test_learning import CALIBRATION_PATH, CHECK_FLAGS, SCRIPTS, learning_figures  # noqa: E402
 
 
 def run_seed(script: str, seed: int, runs_dir: str, flags: list) -> dict:

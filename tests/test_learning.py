@@ -33,7 +33,8 @@ from sklearn.metrics import normalized_mutual_info_score
 
 from test_milet import ROOT, only_run_dir
 
-SCRIPTS = {method: os.path.join(ROOT, f"{method}_ppo_continuous.py") for method in ("milet", "varibad", "rl2")}
+SCRIPTS = {**{method: os.path.join(ROOT, f"{method}_ppo_continuous.py") for method in ("milet", "varibad", "rl2")},
+           **{method: os.path.join(ROOT, f"{method}_sac_continuous.py") for method in ("pearl", "metacure")}}
 CALIBRATION_PATH = os.path.join(ROOT, "tests", "learning_calibration.json")  # benchmarks/calibrate_learning_check.py
 # What each check runs on top of the script's PointGoal defaults, and how many evaluations its late window (the last
 # 20% of iterations) holds. MILET: its default run. VariBAD and RL2: 1,024,000 of their default 2M frames (320
@@ -105,8 +106,6 @@ def test_every_check_has_a_calibration_of_its_pinned_seed_with_room_to_fail():
     assert milet["late_return_episode_2"] > milet["late_return_episode_1"]
 
 
-# PEARL and MetaCURE (pearl_sac_continuous.py, metacure_sac_continuous.py) are off-policy, with their own scripts.
-OFF_POLICY_SCRIPTS = {method: os.path.join(ROOT, f"{method}_sac_continuous.py") for method in ("pearl", "metacure")}
 # The order in which pytest-xdist's two workers receive the checks: two each at the start, in this order (MILET, PEARL;
 # MetaCURE, VariBAD), the fifth (RL2) to the worker whose first check ends first. On the slow machine of 2026-12-05
 # (one core each: MetaCURE 37 minutes, MILET about 27, VariBAD 14, RL2 12, PEARL 11) that is MILET, PEARL and RL2
@@ -118,8 +117,7 @@ CHECK_ORDER = ("milet", "pearl", "metacure", "varibad", "rl2")
 @pytest.mark.parametrize("method", CHECK_ORDER)
 def test_default_pointgoal_run_learns(tmp_path, method):
     env = dict(os.environ, OMP_NUM_THREADS="1")  # one thread, as in the calibration, for identical numbers
-    script = OFF_POLICY_SCRIPTS.get(method) or SCRIPTS[method]
-    result = subprocess.run([sys.executable, script, *CHECK_FLAGS[method], "--runs-dir", str(tmp_path),
+    result = subprocess.run([sys.executable, SCRIPTS[method], *CHECK_FLAGS[method], "--runs-dir", str(tmp_path),
                              "--seed", str(CHECKED_SEED[method])], capture_output=True, text=True, cwd=ROOT, env=env,
                             timeout=4200)  # 70 minutes: MetaCURE took 37 on the slow machine of 2026-12-05
     assert result.returncode == 0, result.stderr[-3000:]
