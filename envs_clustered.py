@@ -7,8 +7,8 @@ What this file implements
   (defaults: 2 x 100).  Between inner episodes the robot state is reset, the task is kept.
 * Sec. 5 and App. C: the task distributions (four clusters per env) and reward functions.
 
-Env ids (``ENV_IDS``)
----------------------
+Env ids (``ENV_IDS``; gymnasium ids ``milet/<EnvId>-v0``)
+---------------------------------------------------------
   PointGoal          2-D point, velocity control, goals as AntGoal (fast sanity-check env)
   AntGoal            Ant-v5, goal = 2 (cos s*pi, sin s*pi), s ~ N(c_k, 0.2^2), c_k = 0.25 + 0.5 k
   AntGoalPartial     AntGoal with goal reward max(3 - L1, 0) (sparse outside an L1 ball of radius 3)
@@ -24,7 +24,8 @@ Where things are documented
 * Tasks / task vectors / clusters: ``make_task_split`` and ``sample_tasks``.
 * Observations: ``PointGoalEnv`` (xy), ``MujocoTrialEnv`` (the v5 observation, with x, y for Ant and
   Humanoid), all cast to float32.
-* info dicts and trial bookkeeping: ``TrialEnv`` (single env) and ``make_vector_env`` (vector env).
+* info dicts, trial bookkeeping and the keywords of ``gymnasium.make``: ``TrialEnv`` (single env) and
+  ``make_vector_env`` (vector env); the gymnasium ids: "Using the envs from gymnasium.make" below.
 * Vector envs: PointGoal is one numpy batch (``PointGoalVectorEnv``); the MuJoCo ids are stepped natively, all
   slots in C across threads (``MujocoVectorEnv``), with gymnasium's v5 envs behind ``native=False`` as the
   reference that the native path matches step for step (tests/test_envs.py).
@@ -32,6 +33,31 @@ Where things are documented
   ``point_goal_oracle_returns`` (the analytic PointGoal policy that knows the goal).
   A training script may equally derive the inner-episode index of transition t (0-based step of
   the trial) as t // H; ``info["episode_index"]`` describes the returned obs instead.
+
+Using the envs from gymnasium.make
+----------------------------------
+Importing this module registers every env id as ``milet/<EnvId>-v0`` (``gym_id``; entry point ``make_env``, vector
+entry point ``make_vector_env``). One gymnasium episode is one trial: ``num_episodes`` inner episodes (1 exploration
++ N exploitation) of ``episode_length`` steps in one task, the robot reset between them (``info["episode_start"]``),
+``truncated`` after the last step, never ``terminated``. Keywords (``TrialEnv``): episode_length (100),
+num_episodes (2), seed (0: the task split that random trials draw from), task (fixed task of every trial), cluster
+(its label; alone: draw tasks of this cluster only); MuJoCo ids pass any other keyword (render_mode, ...) to the v5
+env. A reset option ``{"task": ..., "cluster": ...}`` picks the task of one trial instead::
+
+    import gymnasium as gym
+    import envs_clustered  # registers milet/<EnvId>-v0
+
+    split = envs_clustered.make_task_split("AntGoal", seed=0)       # 500 train / 32 test tasks, 4 clusters
+    env = gym.make("milet/AntGoal-v0", task=split.test_tasks[5], cluster=split.test_clusters[5],
+                   episode_length=100, num_episodes=2)             # the goal of every trial
+    obs, info = env.reset(seed=0)                                   # info["task"] is the goal, info["cluster"] 1
+    truncated = False
+    while not truncated:                                            # 200 steps; the Ant is reset after step 100
+        obs, reward, terminated, truncated, info = env.step(env.action_space.sample())
+    obs, info = env.reset(options={"task": [0.0, 2.0]})           # one trial with another goal
+    cluster_2 = gym.make("milet/HumanoidDir-v0", cluster=2)         # every trial a train direction of cluster 2
+    envs = gym.make_vec("milet/AntGoal-v0", num_envs=8)             # the native vector env (make_vector_env):
+    obs, info = envs.reset(options={"tasks": split.test_tasks[:8]}) # no autoreset, slot i runs row i
 
 Deviations from the paper / the authors' code (all deliberate)
 --------------------------------------------------------------
@@ -257,8 +283,14 @@ def _choose_task(env_id, split, rng, options, slot):
     elif "tasks" in options:
         task = options["tasks"][slot]
         cluster = options["clusters"][slot] if "clusters" in options else None
-    else:  # draw a meta-training task
-        i = rng.integers(len(split.train_tasks))
+    else:  # draw a meta-training task, of cluster options["cluster"] if one is given
+        candidates = np.arange(len(split.train_tasks))
+        if options.get("cluster") is not None:
+            candidates = np.flatnonzero(split.train_clusters == options["cluster"])
+            if candidates.size == 0:
+                raise ValueError(f"no meta-training task of cluster {options['cluster']!r} in {env_id}'s split "
+                                 f"(clusters 0..{split.train_clusters.max()})")
+        i = candidates[rng.integers(len(candidates))]  # without a cluster: the same draw as rng.integers(len(tasks))
         return split.train_tasks[i].copy(), int(split.train_clusters[i])
     task = np.array(task, dtype=np.float64)
     return task, int(infer_cluster(env_id, task, split) if cluster is None else cluster)
@@ -286,15 +318,32 @@ def point_goal_step(pos: np.ndarray, action: np.ndarray, goal: np.ndarray):
 class TrialEnv(gym.Env):
     """One task slot; one gymnasium episode = one trial of ``num_episodes * episode_length`` steps.
 
+    The trial (Sec. 3): inner episode 0 explores, episodes 1..N exploit, each of H = ``episode_length`` steps, all in
+    the trial's task; between inner episodes the robot is reset and the task kept. Construction (``make_env`` or
+    ``gymnasium.make("milet/<EnvId>-v0", ...)``, same keywords):
+      episode_length  H (default 100)
+      num_episodes    N + 1, inner episodes per trial (default 2: 1 exploration + 1 exploitation)
+      seed            seeds the task split ``make_task_split(env_id, seed=seed)`` that random trials draw from and
+                      cluster labels are looked up in, and the task draws until ``reset(seed=...)`` (default 0)
+      slot            which row of a ``{"tasks": ...}`` reset option this env takes (vector envs; default 0)
+      task            the task of every trial: goal xy (2,), direction (2,) or multipliers (see ``sample_tasks``);
+                      None (default): every trial draws a meta-training task
+      cluster         the label of ``task`` (None: looked up / inferred as below); without a task, trials draw
+                      meta-training tasks of this cluster only
+    ``task`` and ``cluster`` are default reset options: a reset whose options carry a task or cluster overrides them
+    for that trial.
+
     reset(seed=None, options=None) starts a trial (inner episode 0). options:
       {"task": task[, "cluster": k]}          task for this trial
       {"tasks": array[, "clusters": array]}   row ``slot`` (one dict serves a whole vector env)
-      none of these                           a random meta-training task (env's np_random)
+      {"cluster": k}                          a random meta-training task of cluster k
+      none of these                           the constructor's task / cluster, else a random meta-training task
+                                              (env's np_random)
     Without a cluster the label is looked up in the env's split (``make_task_split(env_id, seed)``)
     or inferred (``infer_cluster``); passing it explicitly is the safest.
 
-    step(action): ``terminated`` is always False; ``truncated`` is True only on the last step.
-    When inner episode t // H ends (not the last), the robot is reset in the same task and the
+    step(action): ``terminated`` is always False; ``truncated`` is True only on the last step of the trial (a step
+    after it raises: reset). When inner episode t // H ends (not the last), the robot is reset in the same task and the
     RETURNED obs is the reset state of the next inner episode. info keys on every step:
       next_state     true successor s_{t+1} (= obs, except at a boundary: the terminal state)
       episode_index  inner episode of the returned obs (transition t belongs to episode t // H)
@@ -305,7 +354,7 @@ class TrialEnv(gym.Env):
     """
 
     def __init__(self, env_id: str, episode_length: int = 100, num_episodes: int = 2,
-                 seed: int = 0, slot: int = 0):
+                 seed: int = 0, slot: int = 0, task=None, cluster: int | None = None):
         if episode_length < 1 or num_episodes < 1:
             raise ValueError("episode_length and num_episodes must be >= 1")
         self.env_id, self.slot = env_id, slot
@@ -313,7 +362,23 @@ class TrialEnv(gym.Env):
         self.trial_length = episode_length * num_episodes
         self.split = make_task_split(env_id, seed=seed)
         self.np_random = np.random.default_rng([seed, slot])  # draws train tasks
+        self.default_options = self._task_options(task, cluster)  # {} unless a task / cluster is given
         self.task, self.cluster, self._t = None, None, self.trial_length
+
+    def _task_options(self, task, cluster) -> dict:
+        """The constructor's task / cluster as reset options, checked."""
+        options = {}
+        if task is not None:
+            task = np.array(task, dtype=np.float64)
+            task_shape = self.split.train_tasks.shape[1:]
+            if task.shape != task_shape:
+                raise ValueError(f"a {self.env_id} task has shape {task_shape}, got {task.shape}")
+            options["task"] = task
+        if cluster is not None:
+            if int(cluster) != cluster or not 0 <= cluster < NUM_CLUSTERS:
+                raise ValueError(f"cluster must be an int in 0..{NUM_CLUSTERS - 1}, got {cluster!r}")
+            options["cluster"] = int(cluster)
+        return options
 
     # --- hooks for subclasses ---
     def _apply_task(self, task):  # change the MDP (rand params); goal/dir tasks only store it
@@ -350,8 +415,10 @@ class TrialEnv(gym.Env):
 
     def reset(self, *, seed=None, options=None):
         super().reset(seed=seed)
-        self.task, self.cluster = _choose_task(self.env_id, self.split, self.np_random,
-                                               options or {}, self.slot)
+        options = options or {}
+        if not any(key in options for key in ("task", "tasks", "cluster")):
+            options = {**options, **self.default_options}
+        self.task, self.cluster = _choose_task(self.env_id, self.split, self.np_random, options, self.slot)
         self._apply_task(self.task)
         self._t = 0
         obs = self._reset_state(seed)
@@ -372,7 +439,10 @@ class TrialEnv(gym.Env):
 
 
 class PointGoalEnv(TrialEnv):
-    """2-D point at the origin; obs = xy (float32); action in [-1, 1]^2 moves it by 0.1 * a."""
+    """2-D point at the origin; obs = xy (float32); action in [-1, 1]^2 moves it by 0.1 * a.
+
+    ``milet/PointGoal-v0``; task = goal xy (2,), r = -|xy - g|_1 - 0.01 |clip(a)|^2. Keywords: ``TrialEnv``'s only.
+    """
 
     def __init__(self, **trial_kwargs):
         super().__init__("PointGoal", **trial_kwargs)
@@ -396,7 +466,8 @@ class MujocoTrialEnv(TrialEnv):
     """Trial env around a gymnasium v5 MuJoCo env (``self.sim``), whose reward we replace.
 
     The observation is the v5 observation cast to float32. ``model``, ``data``, ``set_state`` and
-    ``init_qpos``/``init_qvel`` are those of the simulator (so ``env.unwrapped.model`` works).
+    ``init_qpos``/``init_qvel`` are those of the simulator (so ``env.unwrapped.model`` works). Keywords beyond
+    ``TrialEnv``'s (``sim_kwargs``: render_mode, frame_skip, ...) go to the v5 env, over ``sim_defaults``.
     """
 
     sim_class: type = None
@@ -437,6 +508,9 @@ class MujocoTrialEnv(TrialEnv):
 class AntGoalEnv(MujocoTrialEnv):
     """Ant-v5 (obs includes torso x, y and clipped contact forces) navigating to a goal xy.
 
+    ``milet/AntGoal-v0``, ``milet/AntGoalPartial-v0``, ``milet/AntU-v0``; task = goal xy g (2,), e.g.
+    ``gymnasium.make("milet/AntGoal-v0", task=[0.0, 2.0])``.
+
     r = -|xy - g|_1 (partial: max(3 - |xy - g|_1, 0)) - 0.01 |a|^2 - 5e-4 |clip(cfrc_ext, -1, 1)|^2
     """
 
@@ -456,6 +530,9 @@ class AntGoalEnv(MujocoTrialEnv):
 
 class HumanoidDirEnv(MujocoTrialEnv):
     """Humanoid-v5 (actions in [-0.4, 0.4], obs includes torso x, y) running in direction d.
+
+    ``milet/HumanoidDir-v0``, ``milet/HumanoidDirSparse-v0``; task = unit direction d (2,), e.g.
+    ``gymnasium.make("milet/HumanoidDir-v0", task=[0.0, 1.0])``.
 
     r = d . v_xy(centre of mass) - 0.1 |ctrl|^2 - min(5e-7 |cfrc_ext|^2, 10)   (v5 cost defaults);
     sparse variant: the velocity term counts only where cos(v_xy, d) >= 0.8.
@@ -480,6 +557,9 @@ class HumanoidDirEnv(MujocoTrialEnv):
 
 class RandParamsEnv(MujocoTrialEnv):
     """Hopper-v5 / Walker2d-v5 whose model parameters are scaled by the task's multipliers.
+
+    ``milet/HopperRandParams-v0``, ``milet/WalkerRandParams-v0``; task = the multipliers of all four groups, one
+    flat vector (``param_group_slices``; cluster k scales group k), e.g. a row of ``make_task_split(...).test_tasks``.
 
     On every task change: model.<group> = default.<group> * multipliers (all four groups, so the
     previous task's scaling is undone). r = x velocity (+1 for Hopper) - 1e-3 |a|^2.
@@ -509,10 +589,15 @@ class RandParamsEnv(MujocoTrialEnv):
 
 
 def make_env(env_id: str, *, episode_length: int = 100, num_episodes: int = 2, seed: int = 0,
-             slot: int = 0, **kwargs) -> gym.Env:
-    """Trial env for one task slot (see ``TrialEnv``); kwargs go to the underlying v5 env."""
+             slot: int = 0, task=None, cluster: int | None = None, **kwargs) -> gym.Env:
+    """Trial env for one task slot (see ``TrialEnv`` for the keywords); kwargs go to the underlying v5 env.
+
+    The entry point of every registered id: ``gymnasium.make("milet/<EnvId>-v0", **keywords)`` calls
+    ``make_env("<EnvId>", **keywords)``.
+    """
     kind = _kind(env_id)
-    trial = dict(episode_length=episode_length, num_episodes=num_episodes, seed=seed, slot=slot)
+    trial = dict(episode_length=episode_length, num_episodes=num_episodes, seed=seed, slot=slot, task=task,
+                 cluster=cluster)
     if env_id == "PointGoal":
         if kwargs:
             raise TypeError(f"PointGoal takes no extra kwargs, got {sorted(kwargs)}")
@@ -780,7 +865,7 @@ def make_vector_env(env_id: str, num_envs: int, *, episode_length: int = 100,
     Per trial the caller resets all sub-envs at once, usually with
     ``envs.reset(options={"tasks": tasks, "clusters": clusters})``: sub-env i takes row i of both
     arrays (shape (num_envs, task_dim) and (num_envs,)). Without tasks each sub-env draws a
-    meta-training task itself. After ``num_episodes * episode_length`` steps all sub-envs report
+    meta-training task itself (of cluster k with ``options={"cluster": k}``). After ``num_episodes * episode_length`` steps all sub-envs report
     truncated and must be reset. info holds the ``TrialEnv`` keys batched over sub-envs; use
     ``np.stack(info["next_state"])`` to get a float (num_envs, obs_dim) array for every env id.
     PointGoal returns the native ``PointGoalVectorEnv``. The MuJoCo ids return the native ``MujocoVectorEnv``
@@ -799,3 +884,27 @@ def make_vector_env(env_id: str, num_envs: int, *, episode_length: int = 100,
            for i in range(num_envs)]
     cls = AsyncVectorEnv if asynchronous else SyncVectorEnv
     return cls(fns, autoreset_mode=AutoresetMode.DISABLED)
+
+
+# ----------------------------------------------------------------------------------------------
+# gymnasium registry
+# ----------------------------------------------------------------------------------------------
+GYM_NAMESPACE = "milet"
+
+
+def gym_id(env_id: str) -> str:
+    """The registered gymnasium id of an env id: "AntGoal" -> "milet/AntGoal-v0"."""
+    _kind(env_id)
+    return f"{GYM_NAMESPACE}/{env_id}-v0"
+
+
+def register_envs() -> None:
+    """Register every env id with gymnasium (done on import): ``gymnasium.make`` builds it with ``make_env``,
+    ``gymnasium.make_vec`` with ``make_vector_env``. Ids already registered are left alone."""
+    for env_id in ENV_IDS:
+        if gym_id(env_id) not in gym.registry:
+            gym.register(gym_id(env_id), entry_point=f"{__name__}:make_env",
+                         vector_entry_point=f"{__name__}:make_vector_env", kwargs={"env_id": env_id})
+
+
+register_envs()
