@@ -61,6 +61,8 @@ class Args:
     """folder that receives runs/<run_name>/ (tensorboard events, eval.jsonl, summary.json, checkpoint)"""
     save_model: bool = False
     """if toggled, save a checkpoint (runs/<run_name>/<exp_name>.pt) at every evaluation"""
+    capture_video: bool = False
+    """if toggled, write MP4s of the final meta-test trial, one test task per cluster, to runs/<run_name>/videos/"""
     eval_checkpoint: Optional[str] = None
     """if set, load this checkpoint (--save-model's .pt or a resume.pt), re-run the meta-test, print it as JSON, exit"""
     eval_every: int = 25
@@ -272,6 +274,8 @@ def parse_args(argv: Optional[list[str]] = None) -> Args:
         meta_test.exit_with_error("--credit-exploration credits the exploration policy: drop --no-exploration-policy")
     if args.update_threads is not None and args.update_threads < 1:
         meta_test.exit_with_error(f"--update-threads must be >= 1, got {args.update_threads}")
+    if args.capture_video:  # an offscreen GL backend and the MP4 encoder, before anything is written
+        meta_test.check_video_support()
     return args
 
 
@@ -720,6 +724,9 @@ if __name__ == "__main__":
     summary_path = os.path.join(run_dir, "summary.json")  # --resume of a finished run trains nothing: keep its summary
     if start_iteration <= args.num_iterations or not os.path.exists(summary_path):
         meta_test.write_atomic(summary_path, json.dumps(meta_test.summary(args, global_step, sps, record), indent=1))
+    if args.capture_video:  # MP4s of the final evaluation's trial, one test task per cluster (replayed, then drawn)
+        meta_test.capture_video(run_dir, record, lambda: evaluate(args, cbvi.eval(), explore_agent, exploit_agent,
+                                                                  obs_rms, eval_envs, split, device))
     envs.close()
     eval_envs.close()
     writer.close()

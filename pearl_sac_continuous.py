@@ -62,6 +62,8 @@ class Args:
     """folder that receives runs/<run_name>/ (tensorboard events, eval.jsonl, summary.json, checkpoint)"""
     save_model: bool = False
     """if toggled, save a checkpoint (runs/<run_name>/pearl.pt) at every evaluation"""
+    capture_video: bool = False
+    """if toggled, write MP4s of the final meta-test trial, one test task per cluster, to runs/<run_name>/videos/"""
     eval_every: int = 5
     """meta-test evaluation every this many iterations (and before training and at the end)"""
     checkpoint_every: int = 20
@@ -172,6 +174,8 @@ def parse_args(argv: Optional[list[str]] = None) -> Args:
         meta_test.exit_with_error("--updates-per-iteration and --kl-lambda must be >= 0 and --reward-scale > 0")
     if not (0 <= args.gamma < 1 and 0 < args.tau <= 1 and args.learning_rate > 0):
         meta_test.exit_with_error(f"need 0 <= --gamma < 1, 0 < --tau <= 1 and --learning-rate > 0, got {args.gamma}, {args.tau}, {args.learning_rate}")
+    if args.capture_video:  # an offscreen GL backend and the MP4 encoder, before anything is written
+        meta_test.check_video_support()
     return args
 
 
@@ -468,6 +472,9 @@ if __name__ == "__main__":
 
     meta_test.write_atomic(os.path.join(run_dir, "summary.json"),
                            json.dumps(meta_test.summary(args, global_step, sps, record), indent=1))
+    if args.capture_video:  # MP4s of the final evaluation's trial, one test task per cluster (replayed, then drawn)
+        meta_test.capture_video(run_dir, record, lambda: evaluate(args, nets["actor"], nets["encoder"], eval_envs, split,
+                                                                  device))
     envs.close()
     eval_envs.close()
     writer.close()

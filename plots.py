@@ -1,7 +1,7 @@
 """The paper's figures, drawn from the files a training run writes to runs/<run_name>/.
 
-A tyro command-line tool with one subcommand per figure (and `slim`, a small copy of a run folder); every
-function can also be imported.
+A tyro command-line tool with one subcommand per figure (and `slim`, a small copy of a run folder, and `frames`, a
+--capture-video MP4 as a frame strip or a GIF); every function can also be imported.
 
     python plots.py curves runs/PointGoal__*   --out docs/curves.png     # Fig. 2 and 4: test return over frames, + NMI
     python plots.py traces runs/<one run>      --out docs/traces.png     # Fig. 3a, 5, 8: exploration traces by cluster
@@ -16,6 +16,8 @@ function can also be imported.
     python plots.py weights runs/<auto run> --out weights.png            # --num-clusters auto: E[pi] over training
     python plots.py slim runs/<one run> --out docs/run_data/<name>       # a small copy of a run to keep in git
     python plots.py slim runs/<run> --out docs/run_data/<name> --keep-trials 200  # + a resume.pt to continue elsewhere
+    python plots.py frames runs/<run>/videos/<video>.mp4 --out strip.png  # --capture-video: 6 frames side by side
+    python plots.py frames runs/<run>/videos/<video>.mp4 --out trial.gif  # --capture-video: the trial as a GIF
 
 Runs are grouped into lines by a field of their arguments (`--group-by`, default `exp_name`). The statistics over
 the runs (seeds) of a group are those of Agarwal et al. (NeurIPS 2021), computed by the `rliable` package: the
@@ -772,6 +774,43 @@ class Slim:
     so that `--resume <out>` continues it on another machine, not bit-identically (logged in carried.jsonl)"""
 
 
+@dataclass
+class Frames:
+    """A --capture-video MP4 (runs/<run_name>/videos/) for the docs: a strip of evenly spaced frames side by side
+    (--out .png), or an animated GIF (--out .gif)."""
+    video: tyro.conf.Positional[str] = ""
+    """one MP4"""
+    out: str = "frames.png"
+    """output file; the suffix picks what: .png a frame strip, .gif an animation"""
+    count: int = 6
+    """frames in the strip, from the first to the last"""
+    every: int = 2
+    """the GIF keeps every this many-th frame, played at the video's speed"""
+
+
+def video_frames(video: str, out: str, count: int = 6, every: int = 2) -> str:
+    """Write ``out`` from the MP4 ``video`` (see ``Frames``), via a temporary file and a rename."""
+    import imageio.v3 as iio
+
+    suffix = os.path.splitext(out)[1]
+    if suffix not in (".png", ".gif"):
+        raise PlotError(f"--out {out}: the suffix picks the output, .png (a frame strip) or .gif")
+    if count < 1 or every < 1:
+        raise PlotError(f"--count and --every must be >= 1, got {count} and {every}")
+    if not os.path.isfile(video):
+        raise PlotError(f"no video at {video}")
+    frames = iio.imread(video, plugin="FFMPEG", index=None)  # (n, height, width, 3)
+    if suffix == ".png":
+        picks = frames[np.linspace(0, len(frames) - 1, count).round().astype(int)]
+        gap = np.full((frames.shape[1], 4, 3), 255, dtype=np.uint8)  # a white line between frames
+        iio.imwrite(out + ".tmp" + suffix, np.concatenate([part for frame in picks for part in (frame, gap)][:-1], 1))
+    else:
+        milliseconds = 1000 * every / iio.immeta(video, plugin="FFMPEG")["fps"]
+        iio.imwrite(out + ".tmp" + suffix, frames[::every], duration=milliseconds, loop=0)
+    os.replace(out + ".tmp" + suffix, out)
+    return out
+
+
 def slim_run(run_path: str, out: str, keep_trials: Optional[int] = None) -> str:
     """Write the slim copy of ``run_path`` into ``out`` (see ``Slim``); every file is written atomically. Without
     ``keep_trials`` a resume.pt that an earlier carry left in ``out`` is removed: it would resume another iteration."""
@@ -834,6 +873,7 @@ Command = Union[
     Annotated[Compare, tyro.conf.subcommand("compare")], Annotated[Profiles, tyro.conf.subcommand("profiles")],
     Annotated[Clusters, tyro.conf.subcommand("clusters")], Annotated[Weights, tyro.conf.subcommand("weights")],
     Annotated[Slim, tyro.conf.subcommand("slim")], Annotated[Late, tyro.conf.subcommand("late")],
+    Annotated[Frames, tyro.conf.subcommand("frames")],
 ]
 
 
@@ -843,6 +883,8 @@ def main(command) -> Optional[str]:
         return slim_run(command.run, command.out, command.keep_trials)
     if command.out:  # a new folder in --out is made, as the training scripts make runs/
         os.makedirs(os.path.dirname(command.out) or ".", exist_ok=True)
+    if isinstance(command, Frames):
+        return video_frames(command.video, command.out, command.count, command.every)
     if isinstance(command, (Table, Compare, Late)):
         runs = load_runs(command.runs)
         if isinstance(command, Late):

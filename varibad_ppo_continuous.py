@@ -60,6 +60,8 @@ class Args:
     """folder that receives runs/<run_name>/ (tensorboard events, eval.jsonl, summary.json, checkpoint)"""
     save_model: bool = False
     """if toggled, save a checkpoint (runs/<run_name>/<exp_name>.pt) at every evaluation"""
+    capture_video: bool = False
+    """if toggled, write MP4s of the final meta-test trial, one test task per cluster, to runs/<run_name>/videos/"""
     eval_every: int = 25
     """meta-test evaluation every this many iterations (and before training and at the end)"""
     eval_trials: int = 1
@@ -196,6 +198,8 @@ def parse_args(argv: Optional[list[str]] = None) -> Args:
     env_id = meta_test.peek_env_id(argv, ENV_DEFAULTS)
     args = tyro.cli(Args, args=argv, default=Args(env_id=env_id, **ENV_DEFAULTS[env_id]))
     meta_test.check_trial_args(args, ("vae_updates", "vae_batch_size", "vae_buffer_size", "checkpoint_every"))
+    if args.capture_video:  # an offscreen GL backend and the MP4 encoder, before anything is written
+        meta_test.check_video_support()
     return args
 
 
@@ -536,6 +540,8 @@ if __name__ == "__main__":
 
     meta_test.write_atomic(os.path.join(run_dir, "summary.json"),
                            json.dumps(meta_test.summary(args, global_step, sps, record), indent=1))
+    if args.capture_video:  # MP4s of the final evaluation's trial, one test task per cluster (replayed, then drawn)
+        meta_test.capture_video(run_dir, record, lambda: evaluate(args, vae, agent, obs_rms, eval_envs, split, device))
     envs.close()
     eval_envs.close()
     writer.close()
