@@ -164,6 +164,10 @@ class Args:
     """see a_c"""
     s_c: float = 0.1
     """see a_c"""
+    cluster_bonus: Literal["posterior", "evidence", "task-evidence"] = "posterior"
+    """the belief that r_h and r_c (Eq. 10, 11) read: posterior, q(c | tau_:t) (the paper); not in the paper
+    (cbvi.evidence_probs), the reward decoder's likelihood of the observed rewards under each cluster's prior mean
+    (evidence) or under the end-of-trial z of each trial of the batch (task-evidence)"""
     policy_cluster_probs: bool = True
     """also feed q(c | tau_:t) to both policies (our addition); --no-policy-cluster-probs: state, z mean, z var only"""
     exploration_policy: bool = True
@@ -207,6 +211,11 @@ class Args:
     """clip the value loss by clip_coef (the authors, CleanRL); --no-clip-vloss: unclipped [per env: ENV_DEFAULTS]"""
     init_logstd: float = 0.0
     """initial log-std of both Gaussian policies (0 = std 1, the authors') [per env: ENV_DEFAULTS]"""
+    explore_init_logstd: Optional[float] = None
+    """initial log-std of pi_psi alone (None: --init-logstd); the authors' explorer starts at 0 (std 1)"""
+    explore_mean_gain: float = 0.01
+    """orthogonal-init gain of pi_psi's action-mean output layer: 0.01 (CleanRL) starts near 0 mean actions; 1 starts
+    far from them, as the authors' normc-initialised explorer"""
     target_kl: Optional[float] = None
     """stop an update at the first minibatch whose approximate KL to the rollout policy exceeds this (None: never)
     [per env: ENV_DEFAULTS]"""
@@ -312,10 +321,11 @@ class Agent(nn.Module):
     """A PPO actor-critic on [normalised state, z mean, z log-variance]. MILET has two of them:
     the exploration policy pi_psi and the exploitation policy pi_phi (Sec. 4.2)."""
 
-    def __init__(self, input_dim: int, action_dim: int, hidden: tuple[int, ...], init_logstd: float = 0.0):
+    def __init__(self, input_dim: int, action_dim: int, hidden: tuple[int, ...], init_logstd: float = 0.0,
+                 mean_gain: float = 0.01):
         super().__init__()
         self.critic = mlp(input_dim, hidden, 1, out_std=1.0)
-        self.actor_mean = mlp(input_dim, hidden, action_dim, out_std=0.01)
+        self.actor_mean = mlp(input_dim, hidden, action_dim, out_std=mean_gain)
         self.actor_logstd = nn.Parameter(torch.full((1, action_dim), init_logstd))  # state-independent
 
     def get_action_and_value(self, x, action=None, deterministic=False):
@@ -341,7 +351,8 @@ def build_models(args: Args, obs_dim: int, action_dim: int, device):
     ).to(device)
     input_dim = policy_input_dim(args, obs_dim)
     exploit_agent = Agent(input_dim, action_dim, args.policy_layers, args.init_logstd).to(device)
-    explore_agent = (Agent(input_dim, action_dim, args.policy_layers, args.init_logstd).to(device)
+    explore_logstd = args.init_logstd if args.explore_init_logstd is None else args.explore_init_logstd
+    explore_agent = (Agent(input_dim, action_dim, args.policy_layers, explore_logstd, args.explore_mean_gain).to(device)
                      if args.exploration_policy else None)
     return cbvi, explore_agent, exploit_agent
 
@@ -660,7 +671,17 @@ if __name__ == "__main__":
         train_clusters["true"] += split.train_clusters[task_index].tolist()
 
         # ALGO LOGIC (step 2): rewards: the scaled task reward, plus the cluster-uncertainty bonuses in exploration
-        policy_rewards, r_h, r_c = shaped_rewards(rewards, cluster_probs, return_rms, args, explore_agent is not None)
+        bonus_probs = cluster_probs  # --cluster-bonus evidence: p(c | r_:t); task-evidence: over the batch's tasks
+        if args.cluster_bonus != "posterior":
+            hypotheses = cbvi.cluster_means() if args.cluster_bonus == "evidence" else belief.z_mean
+            bonus_probs = cbvi.evidence_probs(states[:H], actions[:H], rewards[:H], next_states[:H], hypotheses,
+                                              leave_own_out=args.cluster_bonus == "task-evidence")
+            if args.cluster_bonus == "task-evidence":  # the share of p(j | r_:H) on trials of the same true cluster
+                true_clusters = torch.as_tensor(split.train_clusters[task_index])
+                same = (true_clusters[:, None] == true_clusters[None]).float().fill_diagonal_(0)
+                writer.add_scalar("charts/evidence_same_cluster", (bonus_probs[H] * same).sum(-1).mean(), global_step)
+                writer.add_scalar("charts/evidence_same_cluster_chance", same.sum(-1).mean() / (B - 1), global_step)
+        policy_rewards, r_h, r_c = shaped_rewards(rewards, bonus_probs, return_rms, args, explore_agent is not None)
         segments = [("exploit", exploit_agent, exploit_optimizer, slice(0, T), args.exploit_ent_coef)]
         if explore_agent is not None:
             segments = [("explore", explore_agent, explore_optimizer, slice(0, H), args.explore_ent_coef),

@@ -436,3 +436,28 @@ def train_and_score(seed, steps=500, T=30, B=32):
 
 def test_learns_clusters():
     assert train_and_score(seed=0) >= 0.9
+
+
+def test_evidence_probs_follow_the_rewards_only():
+    """--cluster-bonus evidence: p(c | r_:t) is U(K) at t = 0, stays uniform where every cluster predicts the same
+    rewards, and concentrates on the cluster whose prior mean z predicts the observed rewards."""
+    torch.manual_seed(5)
+    m = CBVI(S, A, latent_dim=2)
+    means = torch.tensor([[0.0, 0.0], [1.0, 0.0], [2.0, 0.0], [3.0, 0.0]])
+    m.prior = lambda cluster: gaussian(cluster @ means, torch.zeros(len(cluster), 2))
+    torch.testing.assert_close(m.cluster_means(), means)
+    m.reward_decoder.forward = lambda z, x: z[..., :1].expand(len(z), *x.shape[:2], 1)  # cluster k predicts k
+    obs, act, _, nxt = trial(12, 3)
+    rewards = torch.stack([torch.full((12,), 2.0), torch.full((12,), 0.0), torch.full((12,), 3.0)], 1)
+    rewards[:, 0] += 0.3 * torch.randn(12)
+    probs = m.evidence_probs(obs, act, rewards, nxt, m.cluster_means())
+    assert probs.shape == (13, 3, 4)
+    torch.testing.assert_close(probs[0], torch.full((3, 4), 0.25))
+    assert (probs[-1].argmax(-1) == torch.tensor([2, 0, 3])).all() and (probs[-1].max(-1).values > 0.99).all()
+    entropy = Categorical(probs=probs).entropy()
+    assert entropy[-1].max() < entropy[0].min()
+    own = m.evidence_probs(obs, act, rewards, nxt, means[[2, 0, 1]], leave_own_out=True)  # trial b inferred z_b
+    assert (own[:, [0, 1, 2], [0, 1, 2]] <= 1e-4 / 3).all()  # each trial weighs only the other trials' z
+    assert (own[-1].argmax(-1) == torch.tensor([2, 2, 0])).all()  # the nearest of the other two predictions
+    m.reward_decoder.forward = lambda z, x: torch.zeros(len(z), *x.shape[:2], 1)  # no cluster tells them apart
+    torch.testing.assert_close(m.evidence_probs(obs, act, rewards, nxt, means), torch.full((13, 3, 4), 0.25))
