@@ -614,8 +614,9 @@ if __name__ == "__main__":
     stateful = {name: obj for name, obj in stateful.items() if obj is not None}
     checkpoint_path = os.path.join(run_dir, f"{args.exp_name}.pt")
     start_iteration, global_step = 1, 0
-    # the training trials' true and inferred clusters (at step 20, at the exploration's end) since the last evaluation
-    train_clusters = {"true": [], "step_20": [], "end_of_exploration": []}
+    # since the last evaluation: the training trials' true and inferred clusters (at step 20, at the exploration's
+    # end), and per iteration the bonus r_h, KL(q(c) || U) and (task-evidence) the evidence's same-cluster share
+    train_log = {"true": [], "step_20": [], "end_of_exploration": [], "r_h": [], "kl_c": [], "evidence_same_cluster": []}
     if resumed is None:  # meta-test the untrained policies: the reference every later evaluation is read against
         record = {"iteration": 0, "global_step": 0,
                   **evaluate(args, cbvi.eval(), explore_agent, exploit_agent, obs_rms, eval_envs, split, device)}
@@ -628,7 +629,7 @@ if __name__ == "__main__":
         (obs_rms.mean, obs_rms.var, obs_rms.count), (return_rms.mean, return_rms.var, return_rms.count) = resumed["rms"]
         meta_test.restore_random_state(resumed["rng"], task_rng, envs)
         start_iteration, global_step = resumed["iteration"] + 1, resumed["global_step"]
-        train_clusters = resumed.get("train_clusters", train_clusters)  # absent from checkpoints before issue 25
+        train_log.update(resumed.get("train_clusters", {}))  # absent from older checkpoints
     start_step, start_time, sps = global_step, time.time(), 0
     progress = tqdm(range(start_iteration, args.num_iterations + 1), desc=args.env_id, unit="it",
                     initial=start_iteration - 1, total=args.num_iterations)
@@ -667,8 +668,8 @@ if __name__ == "__main__":
         buffer.add(states, actions, rewards, next_states)  # insert tau+ into the trial buffer V
         # the clusters inferred on these (stochastic) training trials, scored at the next evaluation
         for name, step in (("step_20", min(20, H)), ("end_of_exploration", H)):
-            train_clusters[name] += cluster_probs[step].argmax(-1).tolist()
-        train_clusters["true"] += split.train_clusters[task_index].tolist()
+            train_log[name] += cluster_probs[step].argmax(-1).tolist()
+        train_log["true"] += split.train_clusters[task_index].tolist()
 
         # ALGO LOGIC (step 2): rewards: the scaled task reward, plus the cluster-uncertainty bonuses in exploration
         bonus_probs = cluster_probs  # --cluster-bonus evidence: p(c | r_:t); task-evidence: over the batch's tasks
@@ -679,14 +680,16 @@ if __name__ == "__main__":
             if args.cluster_bonus == "task-evidence":  # the share of p(j | r_:H) on trials of the same true cluster
                 true_clusters = torch.as_tensor(split.train_clusters[task_index])
                 same = (true_clusters[:, None] == true_clusters[None]).float().fill_diagonal_(0)
-                writer.add_scalar("charts/evidence_same_cluster", (bonus_probs[H] * same).sum(-1).mean(), global_step)
+                train_log["evidence_same_cluster"].append((bonus_probs[H] * same).sum(-1).mean().item())
+                writer.add_scalar("charts/evidence_same_cluster", train_log["evidence_same_cluster"][-1], global_step)
                 writer.add_scalar("charts/evidence_same_cluster_chance", same.sum(-1).mean() / (B - 1), global_step)
         policy_rewards, r_h, r_c = shaped_rewards(rewards, bonus_probs, return_rms, args, explore_agent is not None)
         segments = [("exploit", exploit_agent, exploit_optimizer, slice(0, T), args.exploit_ent_coef)]
         if explore_agent is not None:
             segments = [("explore", explore_agent, explore_optimizer, slice(0, H), args.explore_ent_coef),
                         ("exploit", exploit_agent, exploit_optimizer, slice(H, T), args.exploit_ent_coef)]
-            writer.add_scalar("charts/intrinsic_reward_r_h", r_h.sum(0).mean().item(), global_step)
+            train_log["r_h"].append(r_h.sum(0).mean().item())
+            writer.add_scalar("charts/intrinsic_reward_r_h", train_log["r_h"][-1], global_step)
             writer.add_scalar("charts/intrinsic_reward_r_c", r_c.sum(0).mean().item(), global_step)
 
         # ALGO LOGIC (step 3): one PPO update of each policy on its own part of the trial
@@ -713,6 +716,7 @@ if __name__ == "__main__":
             cbvi.refresh_target_prior()  # Eq. 7: hard copy p_omega -> p_tgt
         for key, value in cbvi_losses.items():
             writer.add_scalar(f"losses/cbvi_{key}", value.item(), global_step)
+        train_log["kl_c"].append(cbvi_losses["kl_c"].item())
         for episode in range(1 + args.num_exploit_episodes):
             train_return = rewards[episode * H: (episode + 1) * H].sum(0).mean().item()
             writer.add_scalar(f"charts/return_episode_{episode + 1}", train_return, global_step)
@@ -725,10 +729,11 @@ if __name__ == "__main__":
             record = {"iteration": iteration, "global_step": global_step,
                       **evaluate(args, cbvi.eval(), explore_agent, exploit_agent, obs_rms, eval_envs, split, device)}
             for name in ("step_20", "end_of_exploration"):  # "the encoder cannot cluster" or "the explorer stays put"
-                record[f"train_nmi_{name}"] = float(normalized_mutual_info_score(train_clusters["true"],
-                                                                                 train_clusters[name]))
+                record[f"train_nmi_{name}"] = float(normalized_mutual_info_score(train_log["true"], train_log[name]))
                 writer.add_scalar(f"charts/train_nmi_{name}", record[f"train_nmi_{name}"], global_step)
-            train_clusters = {name: [] for name in train_clusters}  # the next evaluation scores the trials after this
+            record.update({f"train_{name}": float(np.mean(train_log[name])) for name in ("r_h", "kl_c",
+                           "evidence_same_cluster") if train_log[name]})  # the interval's mean per iteration
+            train_log = {name: [] for name in train_log}  # the next evaluation scores the trials after this
             meta_test.log_evaluation(writer, run_dir, eval_lines, record)
             if args.save_model:
                 save_checkpoint(checkpoint_path, args, cbvi, explore_agent, exploit_agent, obs_rms, iteration,
@@ -738,7 +743,7 @@ if __name__ == "__main__":
                 "args": asdict(args), "iteration": iteration, "global_step": global_step,
                 **{name: obj.state_dict() for name, obj in stateful.items()},
                 "rms": [(rms.mean, rms.var, rms.count) for rms in (obs_rms, return_rms)],
-                "rng": meta_test.random_state(task_rng, envs), "train_clusters": train_clusters})
+                "rng": meta_test.random_state(task_rng, envs), "train_clusters": train_log})
         progress.set_postfix(SPS=sps, eval_return_2=round(record["return_episode_2"], 1),
                              eval_nmi=round(record["nmi_end_of_exploration"], 3))
 

@@ -537,7 +537,8 @@ def late_table(runs: list[Run], group_by: str = "exp_name", late: float = 0.8,
     keys = _episode_keys(runs)
     columns = keys + [f"final_distance_episode_{k[len('return_episode_'):]}_median" for k in keys]
     columns += ["exploration_reach_median", "nmi_end_of_exploration", "nmi_chance_end_of_exploration",
-                "nmi_after_20_steps", "train_nmi_end_of_exploration"]
+                "nmi_after_20_steps", "train_nmi_end_of_exploration", "train_nmi_step_20", "train_r_h", "train_kl_c",
+                "train_evidence_same_cluster"]
 
     def value(record: dict, key: str):
         """the record's value of `key`, None where it logged none; nmi_after_20_steps is read off nmi_per_step"""
