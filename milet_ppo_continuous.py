@@ -556,11 +556,15 @@ if __name__ == "__main__":
     if args.eval_checkpoint is not None:  # re-run the meta-test of a checkpoint, print it, exit
         if not os.path.isfile(args.eval_checkpoint):
             meta_test.exit_with_error(f"no checkpoint at {args.eval_checkpoint}")
-        args, cbvi, explore_agent, exploit_agent, obs_rms = load_checkpoint(args.eval_checkpoint)
+        checkpoint, capture_video = args.eval_checkpoint, args.capture_video
+        args, cbvi, explore_agent, exploit_agent, obs_rms = load_checkpoint(checkpoint)
         split = envs_clustered.make_task_split(args.env_id, seed=args.task_seed, hold_out_ood=args.ood_eval)
-        result = evaluate(args, cbvi.eval(), explore_agent, exploit_agent, obs_rms,
-                          make_env(args, len(split.test_tasks) * args.eval_trials, args.seed + 1), split, "cpu")
+        eval_envs = make_env(args, len(split.test_tasks) * args.eval_trials, args.seed + 1)
+        result = evaluate(args, cbvi.eval(), explore_agent, exploit_agent, obs_rms, eval_envs, split, "cpu")
         print(json.dumps({k: v for k, v in result.items() if k not in ("exploration_xy", "exploration_clusters")}))
+        if capture_video:  # the videos of this evaluation, into videos/ beside the checkpoint
+            meta_test.capture_video(os.path.dirname(os.path.abspath(checkpoint)), result, lambda: evaluate(
+                args, cbvi, explore_agent, exploit_agent, obs_rms, eval_envs, split, "cpu"))
         sys.exit(0)
     resumed = None  # --resume: the checkpoint's state and the run's own args, restored once everything is built
     if args.resume is not None:

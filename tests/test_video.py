@@ -137,3 +137,18 @@ def test_plots_frames_makes_a_strip_and_a_gif(tmp_path):
     assert gif.shape[:3] == (4, 48, 64)
     with pytest.raises(plots.PlotError, match=".png .a frame strip. or .gif"):
         plots.main(plots.Frames(video, out=str(tmp_path / "trial.mp4")))
+
+
+def test_eval_checkpoint_draws_the_videos_of_a_saved_run(videos, tmp_path):
+    """--eval-checkpoint with --capture-video: the videos of a finished run's checkpoint, beside it (EGL only: the
+    `videos` fixture skips this test where EGL cannot render)."""
+    launch.run_script(SCRIPT, "--runs-dir", tmp_path, *tiny_run("--checkpoint-every", "1"), check=True)
+    (run_dir,) = [tmp_path / name for name in os.listdir(tmp_path)]
+    child = subprocess.run([sys.executable, SCRIPT, "--eval-checkpoint", str(run_dir / "resume.pt"), "--capture-video"],
+                           capture_output=True, text=True, timeout=300, env={**os.environ, "MUJOCO_GL": "egl"})
+    assert child.returncode == 0, child.stderr
+    assert "differ" not in child.stderr and json.loads(child.stdout.splitlines()[0])["eval_trials"] == 1
+    names = sorted(os.listdir(run_dir / "videos"))
+    assert len(names) == 4 and all(name.endswith(".mp4") for name in names)
+    frames = iio.imread(run_dir / "videos" / names[0], plugin="FFMPEG", index=None)
+    assert frames.shape[0] == 2 * (5 + 1)  # both episodes of 5 steps, each with its start state
