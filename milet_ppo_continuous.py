@@ -172,6 +172,9 @@ class Args:
     """also feed q(c | tau_:t) to both policies (our addition); --no-policy-cluster-probs: state, z mean, z var only"""
     exploration_policy: bool = True
     """separate exploration policy; --no-exploration-policy lets pi_phi act everywhere with no bonus (App. E)"""
+    authors_boundary: bool = False
+    """the authors' episode boundary: pi_psi's GAE treats the end of episode 1 as a time limit (bootstraps from its
+    last value, that step's advantage 0), and the return normaliser's discounted return runs across the whole trial"""
     credit_exploration: bool = False
     """not in the paper: pi_psi's advantages also count the exploitation episodes' returns (GAE over the whole trial,
     bootstrapped from pi_phi's critic where pi_phi takes over), so exploring pays through what pi_phi then earns"""
@@ -279,6 +282,9 @@ def parse_args(argv: Optional[list[str]] = None) -> Args:
                                     "checkpoint_every"))
     if args.ood_eval and args.eval_trials > 1:
         meta_test.exit_with_error("--ood-eval scores one trial per task: use it with --eval-trials 1")
+    if args.credit_exploration and args.authors_boundary:
+        meta_test.exit_with_error("--credit-exploration runs pi_psi's GAE on through episode 1's end, which "
+                                  "--authors-boundary makes a time limit: use one of them")
     if args.credit_exploration and not args.exploration_policy:
         meta_test.exit_with_error("--credit-exploration credits the exploration policy: drop --no-exploration-policy")
     if args.update_threads is not None and args.update_threads < 1:
@@ -384,17 +390,22 @@ def gae(rewards, values, gamma, gae_lambda):
     inner episodes the trial is one episode for the policy, so GAE runs across their boundaries."""
     advantages, last_gae = torch.zeros_like(rewards), 0.0
     for t in reversed(range(len(rewards))):
-        next_value = values[t + 1] if t + 1 < len(rewards) else 0.0
+        next_value = values[t + 1] if t + 1 < len(values) else 0.0  # values one longer: bootstrap from the last
         delta = rewards[t] + gamma * next_value - values[t]
         advantages[t] = last_gae = delta + gamma * gae_lambda * last_gae
-    return advantages, advantages + values
+    return advantages, advantages + values[:len(rewards)]
 
 
-def segment_advantages(rewards, values, part: slice, args: Args, through_trial: bool = False):
+def segment_advantages(rewards, values, part: slice, args: Args, through_trial: bool = False, time_out: bool = False):
     """GAE of one policy's part of the trial (T, B). through_trial (--credit-exploration, not in the paper): GAE over
-    the whole trial, cut to the part, so the exploration episode is credited with the exploitation episodes' rewards."""
+    the whole trial, cut to the part, so the exploration episode is credited with the exploitation episodes' rewards.
+    time_out (--authors-boundary): the part's end is a time limit, as in the authors' code (gym's bad_masks): its
+    last step gets advantage 0 and the step before bootstraps from the last step's value."""
     if through_trial:
         return tuple(x[part] for x in gae(rewards, values, args.gamma, args.gae_lambda))
+    if time_out:
+        advantages, returns = gae(rewards[part][:-1], values[part], args.gamma, args.gae_lambda)
+        return torch.cat([advantages, 0 * values[part][-1:]]), torch.cat([returns, values[part][-1:]])
     return gae(rewards[part], values[part], args.gamma, args.gae_lambda)
 
 
@@ -461,7 +472,8 @@ def shaped_rewards(rewards, cluster_probs, return_rms: RunningMeanStd, args: Arg
     H = args.episode_length
     discounted = torch.zeros_like(rewards)
     for t in range(len(rewards)):
-        discounted[t] = rewards[t] + args.gamma * (discounted[t - 1] if t % H else 0.0)
+        restart = t % H == 0 if not args.authors_boundary else t == 0  # --authors-boundary: run across the trial
+        discounted[t] = rewards[t] + args.gamma * (0.0 if restart else discounted[t - 1])
     return_rms.update(discounted.flatten().cpu().numpy())
     policy_rewards = (rewards / np.sqrt(return_rms.var + 1e-8)).clamp(-10, 10)
     if not exploration_policy:
@@ -700,7 +712,8 @@ if __name__ == "__main__":
         torch.set_num_threads(args.update_threads)  # no env steps until the next rollout: torch may use every core
         for name, agent, optimizer, part, ent_coef in segments:
             advantages, returns = segment_advantages(policy_rewards, values, part, args,
-                                                     through_trial=args.credit_exploration and name == "explore")
+                                                     through_trial=args.credit_exploration and name == "explore",
+                                                     time_out=args.authors_boundary and name == "explore")
             stats = ppo_update(agent, optimizer, inputs[part].flatten(0, 1), actions[part].flatten(0, 1),
                                logprobs[part].flatten(), advantages.flatten(), returns.flatten(),
                                values[part].flatten(), ent_coef, args, iteration)

@@ -104,6 +104,39 @@ def test_credit_exploration_runs_the_explorers_gae_through_the_exploitation_epis
                                    milet.gae(rewards[exploit], values[exploit], 0.9, 0.8)[0])
 
 
+def test_authors_boundary_makes_the_end_of_exploration_a_time_limit():
+    """--authors-boundary (the authors' bad_masks): the explorer's last step gets advantage 0 and return V(s_{H-1}),
+    the step before bootstraps from V(s_{H-1}) instead of ending, and the last reward drops out; the exploitation
+    part is unchanged."""
+    torch.manual_seed(0)
+    H, T, args = 4, 8, milet.Args(gamma=0.9, gae_lambda=0.8, authors_boundary=True)
+    rewards, values = torch.randn(T, 2), torch.randn(T, 2)
+    advantages, returns = milet.segment_advantages(rewards, values, slice(0, H), args, time_out=True)
+    assert (advantages[-1] == 0).all()
+    torch.testing.assert_close(returns[-1], values[H - 1])
+    torch.testing.assert_close(advantages[H - 2], rewards[H - 2] + 0.9 * values[H - 1] - values[H - 2])
+    later = rewards.clone()
+    later[H - 1] += 5.0
+    torch.testing.assert_close(milet.segment_advantages(later, values, slice(0, H), args, time_out=True)[0], advantages)
+    for got, expected in zip(milet.segment_advantages(rewards, values, slice(H, T), args),
+                             milet.gae(rewards[H:], values[H:], 0.9, 0.8)):
+        torch.testing.assert_close(got, expected)
+
+
+def test_authors_boundary_runs_the_return_normaliser_across_the_trial():
+    """The running std divides by the discounted return restarted every episode by default, and run across the whole
+    trial with --authors-boundary (as the authors' vec_normalize)."""
+    H, rewards = 3, torch.tensor([[1.0], [2.0], [3.0], [4.0], [5.0], [6.0]])
+    for authors_boundary, restarts in ((False, (0, 3)), (True, (0,))):
+        args = milet.Args(episode_length=H, gamma=0.5, authors_boundary=authors_boundary)
+        rms = RunningMeanStd(shape=())
+        milet.shaped_rewards(rewards, None, rms, args, False)
+        discounted = []
+        for t in range(len(rewards)):
+            discounted.append(rewards[t, 0].item() + (0.0 if t in restarts else 0.5 * discounted[-1]))
+        np.testing.assert_allclose(rms.var, np.var(discounted), rtol=1e-4)
+
+
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_one_update_makes_positive_advantage_actions_likelier_and_negative_ones_rarer(script):
     """Two samples of the same input, the mean action +- 0.5, advantages +1 and -1 (returns = values, so the value

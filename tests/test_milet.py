@@ -54,6 +54,7 @@ def only_run_dir(tmp_path):
     (["--explore-lr", "-1e-4"], "--explore-lr must be > 0, got -0.0001"),
     (["--vae-lr", "nan"], "--vae-lr must be > 0, got nan"),
     (["--credit-exploration", "--no-exploration-policy"], "--credit-exploration credits the exploration policy"),
+    (["--credit-exploration", "--authors-boundary"], "which --authors-boundary makes a time limit: use one of them"),
 ])
 def test_bad_input_is_rejected_with_one_line(flags, message, monkeypatch):
     """parse_args stops with `milet_ppo_continuous.py: error: ...` (one line) before the script builds anything."""
