@@ -267,8 +267,8 @@ class CBVI(nn.Module):
 
     # ------------------------------------------------------ evidence posterior (the explorer's bonus)
     @torch.no_grad()
-    def evidence_probs(self, obs, actions, rewards, next_obs, hypotheses: Tensor, leave_own_out: bool = False
-                       ) -> Tensor:
+    def evidence_probs(self, obs, actions, rewards, next_obs, hypotheses: Tensor, leave_own_out: bool = False,
+                       noise_var=None, temperature: float = 1.0) -> Tensor:
         """p(j | r_:t) over J hypotheses z_j (J, L), for prefixes t = 0..T of (T, B, .) trials, from the rewards alone
         (not in the paper; the explorer's bonus under --cluster-bonus evidence / task-evidence): each hypothesis
         predicts the rewards through the reward decoder, and U(J) is updated by the Gaussian likelihood of each
@@ -276,16 +276,18 @@ class CBVI(nn.Module):
         about the task; q(c | tau) from the cluster head can turn confident on how the agent moves (docs/antgoal.md).
         The noise variance is the mean over the trials of the best hypothesis's squared error, so a decoder that
         predicts nothing well gives a flat posterior. leave_own_out (J = B, hypothesis j inferred from trial j): trial
-        b never weighs its own z, which was fitted to its own rewards and would explain them whatever they show."""
+        b never weighs its own z, which was fitted to its own rewards and would explain them whatever they show.
+        noise_var and temperature (benchmarks/bonus_on_run_trials.py): another variance, a log-likelihood divided."""
         decoder_input = torch.cat([self.dec_embed_state(obs), self.dec_embed_action(actions),
                                    self.dec_embed_state(next_obs)], dim=-1)
         squared_error = (self.reward_decoder(hypotheses[:, None, None], decoder_input)[..., 0] - rewards) ** 2
         excluded = rewards.new_zeros(rewards.shape[1], len(hypotheses))  # (B, J): -inf where trial b skips z_j
         if leave_own_out:
             excluded.fill_diagonal_(-math.inf)
-        noise_var = (squared_error.mean(1) - excluded.T).min(0).values.mean().clamp_min(1e-6)  # squared_error: (J, T, B)
-        log_likelihood = torch.cat([squared_error.new_zeros(1, *excluded.shape),
-                                    (-0.5 * squared_error / noise_var).cumsum(1).permute(1, 2, 0)])  # (T+1, B, J)
+        if noise_var is None:  # squared_error: (J, T, B)
+            noise_var = (squared_error.mean(1) - excluded.T).min(0).values.mean().clamp_min(1e-6)
+        log_likelihood = torch.cat([squared_error.new_zeros(1, *excluded.shape), (-0.5 * squared_error / noise_var)
+                                    .cumsum(1).permute(1, 2, 0) / temperature])  # (T+1, B, J)
         log_likelihood = log_likelihood + excluded
         # a floor of 1e-4 / J on every hypothesis: an exactly one-hot posterior would make r_c = -KL infinite
         return 1e-4 / len(hypotheses) + (1 - 1e-4) * log_likelihood.softmax(-1)

@@ -72,17 +72,12 @@ with torch.no_grad():
                                    cbvi.dec_embed_state(next_states)], -1)
         squared_error = (cbvi.reward_decoder(belief.z_mean[:, None, None], decoder_input)[..., 0] - rewards) ** 2
         others = ~torch.eye(N, dtype=torch.bool)
-        variants = {"best": None, "mean": squared_error.mean(1)[others].mean(), "tempered 10": 10.0, "tempered 30": 30.0}
+        variants = {"best": {}, "mean": {"noise_var": squared_error.mean(1)[others].mean()},
+                    "tempered 10": {"temperature": 10.0}, "tempered 30": {"temperature": 30.0}}
         cells = []
         for variant, setting in variants.items():
-            if setting is None:
-                probs = cbvi.evidence_probs(states, actions, rewards, next_states, belief.z_mean, leave_own_out=True)
-            else:  # the same posterior with another noise variance, or its log-likelihood divided by a temperature
-                excluded = torch.zeros(N, N).fill_diagonal_(-math.inf)
-                best = (squared_error.mean(1) - excluded).min(0).values.mean()  # cbvi.evidence_probs's variance
-                log_likelihood = (-0.5 * squared_error / (setting if variant == "mean" else best)).cumsum(1)
-                log_likelihood = log_likelihood.permute(1, 2, 0) / (1.0 if variant == "mean" else setting)
-                probs = torch.cat([torch.zeros(1, N, N), log_likelihood]).add(excluded).softmax(-1)
+            probs = cbvi.evidence_probs(states, actions, rewards, next_states, belief.z_mean, leave_own_out=True,
+                                        **setting)
             entropy = Categorical(probs=probs.clamp_min(1e-12)).entropy()
             share = float((probs[-1] * same_cluster).sum(-1).mean())
             cells.append(f"{variant}: r_h {float((entropy[0] - entropy[-1]).mean()):.2f}, same-cluster share {share:.3f}")
