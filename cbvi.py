@@ -33,6 +33,9 @@ from torch import Tensor
 from torch.distributions import Categorical, Dirichlet, Independent, MixtureSameFamily, Normal, kl_divergence
 
 
+RESPONSIBILITY_FLOOR = 1e-3  # cluster_posterior="responsibility": the probability spread evenly under q(c | tau)
+
+
 class Belief(NamedTuple):
     """Posterior over (c, z) after some prefix; every field has shape (..., B, .)."""
     cluster_logits: Tensor  # (B, K)
@@ -131,8 +134,11 @@ class CBVI(nn.Module):
                  reward_decoder_layers=(64, 32), state_decoder_layers=(256, 128),
                  temperature=0.8, lambda_s=0.0, kl_weight=0.01, cat_weight=1e-3,
                  lambda_i=1.0, lambda_p=0.1, num_prefixes=None, num_decodes=None, learn_cluster_weights=False,
-                 weight_concentration=1.0, num_train_tasks=500):
+                 weight_concentration=1.0, num_train_tasks=500, cluster_posterior="head"):
         super().__init__()
+        if cluster_posterior not in ("head", "responsibility"):
+            raise ValueError(f"cluster_posterior must be head or responsibility, got {cluster_posterior!r}")
+        self.cluster_posterior = cluster_posterior
         self.num_clusters, self.latent_dim, self.hidden_size = num_clusters, latent_dim, hidden_size
         self.stacked, self.temperature, self.num_prefixes = stacked, temperature, num_prefixes
         self.num_decodes = num_decodes
@@ -150,7 +156,7 @@ class CBVI(nn.Module):
         self.c_gru = nn.GRU(emb, H)
         self.t_gru = nn.GRU(emb + H, H) if stacked else None
 
-        self.cluster_head = mlp([H, 32, K])                    # q(c | h_alpha) logits
+        self.cluster_head = mlp([H, 32, K])                    # q(c | h_alpha) logits (cluster_posterior="head")
         # q(z | h_beta, c): h_alpha reaches it through the T-GRU input, as in the authors' code.
         self.z_body = mlp([H + K, 32], out_act=True)
         self.z_mean_head = nn.Linear(32, latent_dim)
@@ -203,8 +209,30 @@ class CBVI(nn.Module):
         return F.one_hot(logits.argmax(-1), self.num_clusters).to(logits.dtype)
 
     def _z_params(self, h_beta, c):
+        if self.cluster_posterior == "responsibility":  # q(z | h_beta) alone: c is read from z, not fed into it
+            c = torch.full_like(c, 1.0 / self.num_clusters)
         x = self.z_body(torch.cat([h_beta, c], dim=-1))
         return self.z_mean_head(x), self.z_logvar_head(x)
+
+    def _responsibility_logits(self, h_beta):
+        """cluster_posterior="responsibility" (not in the paper): log q(c = k | tau) = log p(c = k) - KL(q(z | tau) ||
+        p_omega(z | c = k)) + const, the mean-field optimum of Eq. 4's cluster term when z does not depend on c
+        (as VaDE's p(c | z)). q(c) is then only as confident as z is: a z that could be any cluster's gives a flat
+        q(c), whatever the behaviour that produced it (the separate head clusters behaviour, docs/antgoal.md).
+        It is read off, not trained (detached: the E-step of an EM view; z and the prior train through Eq. 4's
+        KL(q(z) || p_omega(z | c)) under c ~ q(c)), so Eq. 6's L_I and KL(q(c) || p(c)) are logged but move nothing:
+        trained through, they sharpened q(c) until the KLs overflowed (PointGoal, 0.25M frames). A floor of
+        RESPONSIBILITY_FLOOR / K on each cluster keeps KL(q_t || q_t+1) (L_I; r_c, Eq. 11) finite."""
+        with torch.no_grad():
+            z_mean, z_logvar = self._z_params(h_beta, h_beta.new_zeros(*h_beta.shape[:-1], self.num_clusters))
+            eye = torch.eye(self.num_clusters, device=h_beta.device, dtype=h_beta.dtype)
+            kl_to_clusters = kl_divergence(gaussian(z_mean[..., None, :], z_logvar[..., None, :]), self.prior(eye))
+            logits = self._empty_prefix_logits(1, kl_to_clusters)[0] - kl_to_clusters.clamp(max=1e6)  # (..., K)
+            return (RESPONSIBILITY_FLOOR / self.num_clusters + (1 - RESPONSIBILITY_FLOOR) * logits.softmax(-1)).log()
+
+    def _logits(self, h_alpha, h_beta):
+        """q(c | tau_:t) logits from the GRU outputs: the cluster head on h_alpha (the paper) or z's responsibilities."""
+        return self.cluster_head(h_alpha) if self.cluster_posterior == "head" else self._responsibility_logits(h_beta)
 
     def cluster_weights(self) -> Tensor:
         """p(c) for the empty prefix: U(K), or with learned weights the predictive E_q[pi] = alpha / sum(alpha)."""
@@ -217,9 +245,9 @@ class CBVI(nn.Module):
             return like.new_zeros(batch, self.num_clusters)
         return self.cluster_weights().log().expand(batch, -1)
 
-    def _prefix_logits(self, h_alpha):
-        """q(c | tau_:t) logits for prefixes t = 0..T from h_alpha (T+1, B, H); q(c | tau_:0) = p(c)."""
-        logits = self.cluster_head(h_alpha[1:])
+    def _prefix_logits(self, h_alpha, h_beta):
+        """q(c | tau_:t) logits for prefixes t = 0..T from h_alpha, h_beta (T+1, B, H); q(c | tau_:0) = p(c)."""
+        logits = self._logits(h_alpha[1:], h_beta[1:])
         return torch.cat([self._empty_prefix_logits(logits.shape[1], logits)[None], logits])
 
     def _belief(self, logits, h_beta, sample):
@@ -237,7 +265,7 @@ class CBVI(nn.Module):
         """One online step on (a_t, s_{t+1}, r_t); the same GRU modules on a length-1 sequence."""
         emb = self._embed(prev_action, obs, reward).unsqueeze(0)
         h_alpha, h_beta, hidden = self._run_grus(emb, hidden)
-        return hidden, self._belief(self.cluster_head(h_alpha[0]), h_beta[0], sample)
+        return hidden, self._belief(self._logits(h_alpha[0], h_beta[0]), h_beta[0], sample)
 
     def _all_prefix_states(self, actions, next_obs, rewards):
         """h_alpha, h_beta for prefixes t = 0..T, each (T+1, B, H); index 0 = zero state."""
@@ -250,7 +278,7 @@ class CBVI(nn.Module):
     def encode(self, actions, next_obs, rewards, sample=True):
         """Offline pass over (T, B, .) sequences -> Belief with leading dim T + 1."""
         h_alpha, h_beta = self._all_prefix_states(actions, next_obs, rewards)
-        return self._belief(self._prefix_logits(h_alpha), h_beta, sample)
+        return self._belief(self._prefix_logits(h_alpha, h_beta), h_beta, sample)
 
     # ----------------------------------------------------------------------------- priors
     def prior(self, cluster):
@@ -321,7 +349,7 @@ class CBVI(nn.Module):
             rewards = rewards.unsqueeze(-1)                       # (T, B, 1)
         T = actions.shape[0]
         h_alpha, h_beta = self._all_prefix_states(actions, next_obs, rewards)
-        logits = self._prefix_logits(h_alpha)                     # (T+1, B, K), uniform at t = 0
+        logits = self._prefix_logits(h_alpha, h_beta)             # (T+1, B, K), uniform at t = 0
 
         # Eq. 6: L_I = mean_t KL(q(c|tau_:t) || q(c|tau_:t+1)) over consecutive INFERRED posteriors, t = 1..T-1.
         # Deviation: the pair (p(c), q(c|tau_:1)) is left out; it would pull every task's first belief to U(K).

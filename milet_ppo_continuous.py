@@ -168,6 +168,9 @@ class Args:
     """the belief that r_h and r_c (Eq. 10, 11) read: posterior, q(c | tau_:t) (the paper); not in the paper
     (cbvi.evidence_probs), the reward decoder's likelihood of the observed rewards under each cluster's prior mean
     (evidence) or under the end-of-trial z of each trial of the batch (task-evidence)"""
+    cluster_posterior: Literal["head", "responsibility"] = "head"
+    """q(c | tau_:t): a head on the C-GRU's h_alpha (the paper); responsibility (not in the paper), read from z: log q(c)
+    = log p(c) - KL(q(z | tau) || p_omega(z | c)), with z no longer fed c (cbvi.CBVI._responsibility_logits)"""
     policy_cluster_probs: bool = True
     """also feed q(c | tau_:t) to both policies (our addition); --no-policy-cluster-probs: state, z mean, z var only"""
     exploration_policy: bool = True
@@ -353,7 +356,7 @@ def build_models(args: Args, obs_dim: int, action_dim: int, device):
         cat_weight=args.cat_weight, lambda_i=args.lambda_i, lambda_p=args.lambda_p,
         num_prefixes=args.vae_num_prefixes or None, num_decodes=args.vae_num_decodes or None,
         learn_cluster_weights=args.num_clusters == "auto",
-        weight_concentration=args.weight_concentration,
+        weight_concentration=args.weight_concentration, cluster_posterior=args.cluster_posterior,
     ).to(device)
     input_dim = policy_input_dim(args, obs_dim)
     exploit_agent = Agent(input_dim, action_dim, args.policy_layers, args.init_logstd).to(device)

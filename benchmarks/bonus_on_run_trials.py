@@ -9,6 +9,8 @@ explorer, standing (zero actions) and flailing (actions ~ N(0, 1)), and reports 
   episode, as the training loop does over its batch): r_h per episode, H(p_0) - H(p_H), and the share of p(j | r_:H)
   on trials of the same true cluster against its chance level, with the noise variance of cbvi.evidence_probs
   ("best") and, for comparison, the mean over all hypotheses ("mean") and the likelihood tempered by 10 and 30;
+* the run's own q(c | tau) (the paper's head, or --cluster-posterior responsibility): r_h per episode, H(q_0) - H(q_H),
+  and the NMI of its argmax after the episode against the true clusters;
 * the reward decoder's error on the episode's own rewards from the posterior mean z after 0, 1, 20 and H steps, and
   from another task's z after H steps: what a bonus for reward-prediction improvement would pay.
 
@@ -21,6 +23,7 @@ import os
 import sys
 
 import torch
+from sklearn.metrics import normalized_mutual_info_score
 from torch.distributions import Categorical
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -81,11 +84,16 @@ with torch.no_grad():
             entropy = Categorical(probs=probs.clamp_min(1e-12)).entropy()
             share = float((probs[-1] * same_cluster).sum(-1).mean())
             cells.append(f"{variant}: r_h {float((entropy[0] - entropy[-1]).mean()):.2f}, same-cluster share {share:.3f}")
-        z = cbvi.encode(actions, next_states, rewards, sample=False).z_mean  # (H+1, B, L) after every prefix
+        posterior = cbvi.encode(actions, next_states, rewards, sample=False)  # (H+1, B, .) after every prefix
+        z, q_c = posterior.z_mean, posterior.cluster_probs
+        q_entropy = Categorical(probs=q_c).entropy()
+        nmi = normalized_mutual_info_score(true.numpy(), q_c[-1].argmax(-1).numpy())
         error = ((cbvi.reward_decoder(z[:, None], decoder_input)[..., 0] - rewards) ** 2).mean(1)  # (H+1, B)
         other = ((cbvi.reward_decoder(z[-1][torch.randperm(N)][None, None], decoder_input)[0, ..., 0] - rewards)
                  ** 2).mean(0)
         print(f"{name}: episode-1 return {record['return_episode_1']:.1f}, reward std over the episode "
               f"{float(rewards.std(0).mean()):.3f}\n  task-evidence (max r_h {math.log(N - 1):.2f}): " + "; ".join(cells)
+              + f"\n  q(c | tau) ({args.cluster_posterior}): r_h {float((q_entropy[0] - q_entropy[-1]).mean()):.2f} of "
+              f"{math.log(q_c.shape[-1]):.2f}, NMI of its argmax after {H} steps {nmi:.3f}"
               + f"\n  reward error from z after 0 / 1 / 20 / {H} steps {error[0].mean():.4f} / {error[1].mean():.4f} / "
               f"{error[20].mean():.4f} / {error[-1].mean():.4f}; from another task's z after {H}: {other.mean():.4f}")

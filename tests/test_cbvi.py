@@ -45,9 +45,10 @@ def test_shapes_and_finite(B, T, stacked, lambda_s, num_prefixes):
 
 
 @pytest.mark.parametrize("stacked", [True, False])
-def test_online_equals_offline(stacked):
+@pytest.mark.parametrize("cluster_posterior", ["head", "responsibility"])
+def test_online_equals_offline(stacked, cluster_posterior):
     torch.manual_seed(1)
-    m = CBVI(S, A, stacked=stacked)
+    m = CBVI(S, A, stacked=stacked, cluster_posterior=cluster_posterior)
     _, act, rew, nxt = trial(15, 6)
     with torch.no_grad():
         offline = m.encode(act, nxt, rew, sample=False)
@@ -59,6 +60,33 @@ def test_online_equals_offline(stacked):
     for field in ("cluster_probs", "cluster_sample", "z_mean", "z_logvar"):
         stacked_online = torch.stack([getattr(b, field) for b in online])
         torch.testing.assert_close(stacked_online, getattr(offline, field), atol=1e-5, rtol=1e-5)
+
+
+def test_responsibility_posterior_reads_q_c_from_z():
+    """cluster_posterior="responsibility": z ignores c, q(c = k | tau) = softmax_k(-KL(q(z | tau) || p_omega(z | e_k)))
+    (with a floor of 1e-3 / K) after every non-empty prefix and U(K) after the empty one; q(c) is read off, not
+    trained, while the loss still trains the encoder, the z heads and the prior, and the paper's head gets nothing."""
+    torch.manual_seed(2)
+    m = CBVI(S, A, num_clusters=3, latent_dim=4, hidden_size=8, cluster_posterior="responsibility")
+    _, act, rew, nxt = trial(6, 5)
+    with torch.no_grad():
+        belief = m.encode(act, nxt, rew, sample=True)
+        h_beta = m._all_prefix_states(act, nxt, rew)[1]
+        for c in (torch.eye(3)[[0] * 5], torch.eye(3)[[2] * 5]):  # whatever c, the same z
+            torch.testing.assert_close(m._z_params(h_beta[3], c)[0], belief.z_mean[3])
+        eye = torch.eye(3)
+        expected = torch.stack([-kl_divergence(gaussian(belief.z_mean[1:], belief.z_logvar[1:]), m.prior(eye[k]))
+                                for k in range(3)], -1).softmax(-1) * (1 - 1e-3) + 1e-3 / 3
+    torch.testing.assert_close(belief.cluster_probs[1:], expected)
+    torch.testing.assert_close(belief.cluster_probs[0], torch.full((5, 3), 1 / 3))  # the empty prefix: U(K)
+    assert not torch.allclose(belief.cluster_probs[1:], torch.full_like(expected, 1 / 3), atol=1e-3)
+    assert not m.encode(act, nxt, rew).cluster_logits.requires_grad
+    m.loss(*trial(6, 5))["total"].backward()
+    for module in (m.c_gru, m.t_gru, m.z_body, m.prior_net):
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in module.parameters())
+    assert all(p.grad is None for p in m.cluster_head.parameters())  # the paper's head is unused
+    with pytest.raises(ValueError, match="cluster_posterior"):
+        CBVI(S, A, cluster_posterior="heads")
 
 
 def test_decoder_error_one_prefix_at_a_time_matches_one_pass():
