@@ -5,8 +5,9 @@ clusTering"):
 
 * ``CBVI``: the stacked-GRU encoder, the cluster posterior q(c | tau_:t), the task posterior
   q(z | h_beta, c), the learnable cluster prior p_omega(z | c) with its target copy p_tgt, and the
-  reward/state decoders. ``CBVI.loss`` is the objective of Section 4.1: the per-prefix ELBO
-  (Eq. 4, 5; derivation in Appendix A), the in-trial consistency L_I (Eq. 6), the prior
+  reward/state decoders; with ``cluster_posterior="responsibility"`` (not in the paper) q(c | tau) is read from
+  q(z | tau) instead, as its KL to each cluster prior. ``CBVI.loss`` is the objective of Section 4.1: the
+  per-prefix ELBO (Eq. 4, 5; derivation in Appendix A), the in-trial consistency L_I (Eq. 6), the prior
   consistency L_P (Eq. 7) and their sum (Eq. 8, written as a loss to minimise).
 * ``TrialBuffer``: the buffer V of whole trials that CBVI trains on (Algorithm 1).
 The exploration rewards built from the cluster posterior (Sec. 4.2, Eq. 9-12) are in milet_ppo_continuous.py,
@@ -221,7 +222,7 @@ class CBVI(nn.Module):
         q(c), whatever the behaviour that produced it (the separate head clusters behaviour, docs/antgoal.md).
         It is read off, not trained (detached: the E-step of an EM view; z and the prior train through Eq. 4's
         KL(q(z) || p_omega(z | c)) under c ~ q(c)), so Eq. 6's L_I and KL(q(c) || p(c)) are logged but move nothing:
-        trained through, they sharpened q(c) until the KLs overflowed (PointGoal, 0.25M frames). A floor of
+        trained through, L_I overflowed to inf in the first PointGoal run (0.25M frames). A floor of
         RESPONSIBILITY_FLOOR / K on each cluster keeps KL(q_t || q_t+1) (L_I; r_c, Eq. 11) finite."""
         with torch.no_grad():
             z_mean, z_logvar = self._z_params(h_beta, h_beta.new_zeros(*h_beta.shape[:-1], self.num_clusters))
