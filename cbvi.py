@@ -209,13 +209,13 @@ class CBVI(nn.Module):
             return F.gumbel_softmax(logits, tau=self.temperature, hard=False)
         return F.one_hot(logits.argmax(-1), self.num_clusters).to(logits.dtype)
 
-    def _z_params(self, h_beta, c):
+    def _z_params(self, h_beta, c=None):
         if self.cluster_posterior == "responsibility":  # q(z | h_beta) alone: c is read from z, not fed into it
-            c = torch.full_like(c, 1.0 / self.num_clusters)
+            c = h_beta.new_full((*h_beta.shape[:-1], self.num_clusters), 1.0 / self.num_clusters)
         x = self.z_body(torch.cat([h_beta, c], dim=-1))
         return self.z_mean_head(x), self.z_logvar_head(x)
 
-    def _responsibility_logits(self, h_beta):
+    def _responsibility_logits(self, z_mean, z_logvar):
         """cluster_posterior="responsibility" (not in the paper): log q(c = k | tau) = log p(c = k) - KL(q(z | tau) ||
         p_omega(z | c = k)) + const, the mean-field optimum of Eq. 4's cluster term when z does not depend on c
         (as VaDE's p(c | z)). q(c) is then only as confident as z is: a z that could be any cluster's gives a flat
@@ -225,15 +225,18 @@ class CBVI(nn.Module):
         trained through, L_I overflowed to inf in the first PointGoal run (0.25M frames). A floor of
         RESPONSIBILITY_FLOOR / K on each cluster keeps KL(q_t || q_t+1) (L_I; r_c, Eq. 11) finite."""
         with torch.no_grad():
-            z_mean, z_logvar = self._z_params(h_beta, h_beta.new_zeros(*h_beta.shape[:-1], self.num_clusters))
-            eye = torch.eye(self.num_clusters, device=h_beta.device, dtype=h_beta.dtype)
+            eye = torch.eye(self.num_clusters, device=z_mean.device, dtype=z_mean.dtype)
             kl_to_clusters = kl_divergence(gaussian(z_mean[..., None, :], z_logvar[..., None, :]), self.prior(eye))
             logits = self._empty_prefix_logits(1, kl_to_clusters)[0] - kl_to_clusters.clamp(max=1e6)  # (..., K)
             return (RESPONSIBILITY_FLOOR / self.num_clusters + (1 - RESPONSIBILITY_FLOOR) * logits.softmax(-1)).log()
 
-    def _logits(self, h_alpha, h_beta):
-        """q(c | tau_:t) logits from the GRU outputs: the cluster head on h_alpha (the paper) or z's responsibilities."""
-        return self.cluster_head(h_alpha) if self.cluster_posterior == "head" else self._responsibility_logits(h_beta)
+    def _logits(self, h_alpha, z_params):
+        """q(c | tau_:t) logits: the cluster head on h_alpha (the paper) or the responsibilities of z_params."""
+        return self.cluster_head(h_alpha) if self.cluster_posterior == "head" else self._responsibility_logits(*z_params)
+
+    def _free_z_params(self, h_beta):
+        """z's parameters when they do not depend on c (responsibility), computed once for q(c) and z; else None."""
+        return self._z_params(h_beta) if self.cluster_posterior == "responsibility" else None
 
     def cluster_weights(self) -> Tensor:
         """p(c) for the empty prefix: U(K), or with learned weights the predictive E_q[pi] = alpha / sum(alpha)."""
@@ -246,14 +249,14 @@ class CBVI(nn.Module):
             return like.new_zeros(batch, self.num_clusters)
         return self.cluster_weights().log().expand(batch, -1)
 
-    def _prefix_logits(self, h_alpha, h_beta):
-        """q(c | tau_:t) logits for prefixes t = 0..T from h_alpha, h_beta (T+1, B, H); q(c | tau_:0) = p(c)."""
-        logits = self._logits(h_alpha[1:], h_beta[1:])
+    def _prefix_logits(self, h_alpha, z_params):
+        """q(c | tau_:t) logits for prefixes t = 0..T from h_alpha (T+1, B, H) or z_params; q(c | tau_:0) = p(c)."""
+        logits = self._logits(h_alpha[1:], z_params and [param[1:] for param in z_params])
         return torch.cat([self._empty_prefix_logits(logits.shape[1], logits)[None], logits])
 
-    def _belief(self, logits, h_beta, sample):
+    def _belief(self, logits, h_beta, sample, z_params=None):
         c = self._cluster(logits, sample)
-        return Belief(logits, logits.softmax(-1), c, *self._z_params(h_beta, c))
+        return Belief(logits, logits.softmax(-1), c, *(z_params or self._z_params(h_beta, c)))
 
     def initial_belief(self, batch, sample=True):
         """Zero hidden state and the belief after the empty prefix: q(c) = U(K), z from the heads on the zero state."""
@@ -266,7 +269,8 @@ class CBVI(nn.Module):
         """One online step on (a_t, s_{t+1}, r_t); the same GRU modules on a length-1 sequence."""
         emb = self._embed(prev_action, obs, reward).unsqueeze(0)
         h_alpha, h_beta, hidden = self._run_grus(emb, hidden)
-        return hidden, self._belief(self._logits(h_alpha[0], h_beta[0]), h_beta[0], sample)
+        z_params = self._free_z_params(h_beta[0])
+        return hidden, self._belief(self._logits(h_alpha[0], z_params), h_beta[0], sample, z_params)
 
     def _all_prefix_states(self, actions, next_obs, rewards):
         """h_alpha, h_beta for prefixes t = 0..T, each (T+1, B, H); index 0 = zero state."""
@@ -279,7 +283,8 @@ class CBVI(nn.Module):
     def encode(self, actions, next_obs, rewards, sample=True):
         """Offline pass over (T, B, .) sequences -> Belief with leading dim T + 1."""
         h_alpha, h_beta = self._all_prefix_states(actions, next_obs, rewards)
-        return self._belief(self._prefix_logits(h_alpha, h_beta), h_beta, sample)
+        z_params = self._free_z_params(h_beta)
+        return self._belief(self._prefix_logits(h_alpha, z_params), h_beta, sample, z_params)
 
     # ----------------------------------------------------------------------------- priors
     def prior(self, cluster):
@@ -350,7 +355,9 @@ class CBVI(nn.Module):
             rewards = rewards.unsqueeze(-1)                       # (T, B, 1)
         T = actions.shape[0]
         h_alpha, h_beta = self._all_prefix_states(actions, next_obs, rewards)
-        logits = self._prefix_logits(h_alpha, h_beta)             # (T+1, B, K), uniform at t = 0
+        with torch.no_grad():  # responsibility: q(c) read from z (the ELBO's z below: the sampled prefixes only)
+            z_free = self._free_z_params(h_beta)
+        logits = self._prefix_logits(h_alpha, z_free)             # (T+1, B, K), uniform at t = 0
 
         # Eq. 6: L_I = mean_t KL(q(c|tau_:t) || q(c|tau_:t+1)) over consecutive INFERRED posteriors, t = 1..T-1.
         # Deviation: the pair (p(c), q(c|tau_:1)) is left out; it would pull every task's first belief to U(K).
