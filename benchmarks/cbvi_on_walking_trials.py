@@ -15,7 +15,13 @@ exploration reward r_h (Eq. 10) pays on each kind of test trial: summed over epi
 weighted by gamma_h(t) (Eq. 12) it is what the exploration policy is paid. The difference between walking and
 standing is the explorer's incentive to move; --cat-weight sets the weight of KL(q(c) || U(K)) it depends on.
 
+With --policy mixed-late, half the trials walk in both episodes and half stand in episode 1 and walk in episode 2:
+a belief whose uncertainty follows the trial's unseen rewards would pay the standing episodes nothing. Every report
+also gives, for z at the end of the training trials, the 5-fold ridge R^2 of the goal and the reward decoder's error
+from each trial's own z against another trial's (does the decoder need z?), and k-means (K = 4) on z of the test trials.
+
     python benchmarks/cbvi_on_walking_trials.py --trials 800 --updates 1000
+    python benchmarks/cbvi_on_walking_trials.py --policy mixed-late --trials 800 --updates 1000 --cluster-posterior head
     python benchmarks/cbvi_on_walking_trials.py --policy mixed --trials 800 --updates 1000 --cat-weight 0.001
 
 The default policy file is the finished oracle seed 1 (`--target-kl 0.02`, 1e7 frames): its agent and observation
@@ -28,6 +34,9 @@ import time
 
 import numpy as np
 import torch
+from sklearn.cluster import KMeans
+from sklearn.linear_model import RidgeCV
+from sklearn.model_selection import cross_val_score
 from sklearn.metrics import normalized_mutual_info_score
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -39,9 +48,13 @@ from gymnasium.wrappers.utils import RunningMeanStd  # noqa: E402
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--oracle-checkpoint", help="an oracle's resume.pt, or a file of its 'agent' and 'rms' entries",
                     default="docs/run_data/antgoal/issue24_oracle_s1_targetkl002/final_policy.pt")
-parser.add_argument("--policy", choices=("oracle", "zero", "mixed"), default="oracle",
-                    help="training trials: the oracle walking, the ant standing still, or half of each")
+parser.add_argument("--policy", choices=("oracle", "zero", "mixed", "mixed-late"), default="oracle",
+                    help="training trials: the oracle walking, the ant standing still, or half of each; mixed-late: "
+                         "half walk both episodes, half stand in episode 1 and walk in episode 2 (zero-then-oracle)")
 parser.add_argument("--cat-weight", type=float, default=None, help="CBVI's --cat-weight (default: AntGoal's row)")
+parser.add_argument("--kl-weight", type=float, default=None, help="CBVI's --kl-weight (default: AntGoal's row)")
+parser.add_argument("--cluster-posterior", choices=("head", "responsibility"), default=None,
+                    help="CBVI's --cluster-posterior (default: AntGoal's row)")
 parser.add_argument("--trials", type=int, default=1600, help="training trials collected (16 per batch)")
 parser.add_argument("--updates", type=int, default=1500, help="CBVI updates")
 parser.add_argument("--batch-size", type=int, default=50)
@@ -73,7 +86,7 @@ def rollout(tasks, clusters, deterministic, policy=opts.policy):
     goals = torch.as_tensor(np.stack(info["task"]), dtype=torch.float32)
     parts = {name: [] for name in ("obs", "actions", "rewards", "next_obs")}
     for step in range(T):
-        if policy == "zero":
+        if policy == "zero" or (policy == "zero-then-oracle" and step < oracle_args.episode_length):
             action = torch.zeros(len(obs), action_dim)
         else:
             x = varibad.policy_input(obs, step, goals, obs_rms, oracle_args, "cpu")
@@ -87,24 +100,31 @@ def rollout(tasks, clusters, deterministic, policy=opts.policy):
     return [torch.stack(parts[name]) for name in ("obs", "actions", "rewards", "next_obs")], distance
 
 
+MIXES = {"mixed": ("oracle", "zero"), "mixed-late": ("oracle", "zero-then-oracle")}  # alternate batches
 start = time.time()
 rng = np.random.default_rng(opts.seed)
-trials, distances = [], []
+trials, distances, goals = [], [], []
 for batch in range(opts.trials // 16):
     index = rng.integers(len(split.train_tasks), size=16)
-    policy = ("oracle", "zero")[batch % 2] if opts.policy == "mixed" else opts.policy
+    policy = MIXES[opts.policy][batch % 2] if opts.policy in MIXES else opts.policy
     trial, distance = rollout(split.train_tasks[index], split.train_clusters[index], deterministic=False, policy=policy)
     trials.append(trial)
+    goals.append(split.train_tasks[index])
     distances.append(distance)
 data = [torch.cat(parts, 1) for parts in zip(*trials)]  # (T, N, .)
+goals = np.concatenate(goals)
 print(f"{data[1].shape[1]} training trials ({opts.policy}), median final distance {np.median(distances):.2f} m, "
       f"{time.time() - start:.0f} s", flush=True)
 
-milet_args = milet.parse_args(["--env-id", "AntGoal", "--num-clusters", "4"]
-                              + ([] if opts.cat_weight is None else ["--cat-weight", str(opts.cat_weight)]))
+overrides = {"--cat-weight": opts.cat_weight, "--kl-weight": opts.kl_weight,
+             "--cluster-posterior": opts.cluster_posterior}
+milet_args = milet.parse_args(["--env-id", "AntGoal", "--num-clusters", "4"] + [
+    word for flag, value in overrides.items() if value is not None for word in (flag, str(value))])
+print(f"CBVI: cluster posterior {milet_args.cluster_posterior}, KL weight {milet_args.kl_weight}, "
+      f"categorical weight {milet_args.cat_weight}", flush=True)
 cbvi = milet.build_models(milet_args, obs_dim, action_dim, "cpu")[0]
 optimizer = torch.optim.Adam(cbvi.parameters(), lr=milet_args.vae_lr)
-kinds = ("oracle", "zero") if opts.policy == "mixed" else (opts.policy,)
+kinds = MIXES.get(opts.policy, (opts.policy,))
 test_data = {kind: [torch.cat(parts, 1) for parts in zip(*[
     rollout(split.test_tasks[i:i + 16], split.test_clusters[i:i + 16], deterministic=True, policy=kind)[0]
     for i in (0, 16)])] for kind in kinds}
@@ -118,10 +138,15 @@ def test_report(kind):
     (the mean over the 32 test tasks), on the test trials of one kind."""
     obs, actions, rewards, next_obs = test_data[kind]
     with torch.no_grad():
-        probs = cbvi.encode(actions, next_obs, rewards, sample=False).cluster_probs[:H + 1]
+        belief = cbvi.encode(actions, next_obs, rewards, sample=False)
+    probs = belief.cluster_probs[:H + 1]
     r_h = milet.exploration_rewards(probs)[0]  # (H, 32), Eq. 10
     nmi = [normalized_mutual_info_score(split.test_clusters, probs[t].argmax(-1).numpy()) for t in (20, H)]
+    # the cluster information z holds, whether or not q(c) uses it: k-means (K = 4) on z's mean
+    kmeans_nmi = [normalized_mutual_info_score(split.test_clusters, KMeans(4, n_init=10, random_state=0).fit_predict(
+        belief.z_mean[t].numpy())) for t in (H, 2 * H)]
     return (f"{kind}: NMI step 20 {nmi[0]:.3f}, end of episode 1 {nmi[1]:.3f} (ceiling {ceiling:.3f}), "
+            f"k-means of z end of episode 1 / 2 {kmeans_nmi[0]:.3f} / {kmeans_nmi[1]:.3f}, "
             f"r_h per episode {r_h.sum(0).mean():.3f}, weighted by gamma_h {(gamma_h[:, None] * r_h).sum(0).mean():.4f}")
 
 
@@ -135,6 +160,19 @@ for update in range(1, opts.updates + 1):
     if update % opts.target_prior_every == 0:
         cbvi.refresh_target_prior()
     if update % 250 == 0 or update == opts.updates:
-        print(f"update {update}: " + "; ".join(test_report(kind) for kind in kinds)
+        with torch.no_grad():  # how well z at the end of the training trials tells the goal (5-fold ridge R^2)
+            final_z = torch.cat([cbvi.encode(*(data[j][:, i:i + 200] for j in (1, 3, 2)), sample=False).z_mean[-1]
+                                 for i in range(0, data[1].shape[1], 200)]).numpy()
+        goal_r2 = cross_val_score(RidgeCV(), final_z, goals, cv=5).mean()
+        with torch.no_grad():  # does the decoder need z? 200 trials decoded from their own end-of-trial z, or another's
+            obs, actions, rewards, next_obs = (part[:, :200] for part in data)
+            inputs = torch.cat([cbvi.dec_embed_state(obs), cbvi.dec_embed_action(actions),
+                                cbvi.dec_embed_state(next_obs)], -1)
+            z = torch.as_tensor(final_z[:200])[None, None]
+            own, shuffled = (cbvi.reward_decoder.mean_squared_error(latent, inputs, rewards[..., None]).item()
+                             for latent in (z, z[:, :, torch.randperm(200)]))
+        print(f"update {update}: goal from z at the trial's end, R^2 {goal_r2:.3f}; reward error from the own z "
+              f"{own:.3f}, another trial's {shuffled:.3f}; "
+              + "; ".join(test_report(kind) for kind in kinds)
               + f"; reward reconstruction {losses['reward_reconstruction'].item():.3f}, "
               f"kl_c {losses['kl_c'].item():.3f}, {time.time() - start:.0f} s", flush=True)
