@@ -53,6 +53,7 @@ parser.add_argument("--policy", choices=("oracle", "zero", "mixed", "mixed-late"
                          "half walk both episodes, half stand in episode 1 and walk in episode 2 (zero-then-oracle)")
 parser.add_argument("--cat-weight", type=float, default=None, help="CBVI's --cat-weight (default: AntGoal's row)")
 parser.add_argument("--kl-weight", type=float, default=None, help="CBVI's --kl-weight (default: AntGoal's row)")
+parser.add_argument("--latent-dim", type=int, default=None, help="CBVI's --latent-dim (default: 10)")
 parser.add_argument("--cluster-posterior", choices=("head", "responsibility"), default=None,
                     help="CBVI's --cluster-posterior (default: AntGoal's row)")
 parser.add_argument("--trials", type=int, default=1600, help="training trials collected (16 per batch)")
@@ -116,11 +117,12 @@ goals = np.concatenate(goals)
 print(f"{data[1].shape[1]} training trials ({opts.policy}), median final distance {np.median(distances):.2f} m, "
       f"{time.time() - start:.0f} s", flush=True)
 
-overrides = {"--cat-weight": opts.cat_weight, "--kl-weight": opts.kl_weight,
+overrides = {"--cat-weight": opts.cat_weight, "--kl-weight": opts.kl_weight, "--latent-dim": opts.latent_dim,
              "--cluster-posterior": opts.cluster_posterior}
 milet_args = milet.parse_args(["--env-id", "AntGoal", "--num-clusters", "4"] + [
     word for flag, value in overrides.items() if value is not None for word in (flag, str(value))])
-print(f"CBVI: cluster posterior {milet_args.cluster_posterior}, KL weight {milet_args.kl_weight}, "
+print(f"CBVI: cluster posterior {milet_args.cluster_posterior}, KL weight {milet_args.kl_weight}, latent dim "
+      f"{milet_args.latent_dim}, "
       f"categorical weight {milet_args.cat_weight}", flush=True)
 cbvi = milet.build_models(milet_args, obs_dim, action_dim, "cpu")[0]
 optimizer = torch.optim.Adam(cbvi.parameters(), lr=milet_args.vae_lr)
@@ -164,6 +166,7 @@ for update in range(1, opts.updates + 1):
             final_z = torch.cat([cbvi.encode(*(data[j][:, i:i + 200] for j in (1, 3, 2)), sample=False).z_mean[-1]
                                  for i in range(0, data[1].shape[1], 200)]).numpy()
         goal_r2 = cross_val_score(RidgeCV(), final_z, goals, cv=5).mean()
+        l1_r2 = cross_val_score(RidgeCV(), final_z, np.abs(goals).sum(-1), cv=5).mean()  # |g|_1: standing tells it
         with torch.no_grad():  # does the decoder need z? 200 trials decoded from their own end-of-trial z, or another's
             obs, actions, rewards, next_obs = (part[:, :200] for part in data)
             inputs = torch.cat([cbvi.dec_embed_state(obs), cbvi.dec_embed_action(actions),
@@ -171,7 +174,8 @@ for update in range(1, opts.updates + 1):
             z = torch.as_tensor(final_z[:200])[None, None]
             own, shuffled = (cbvi.reward_decoder.mean_squared_error(latent, inputs, rewards[..., None]).item()
                              for latent in (z, z[:, :, torch.randperm(200)]))
-        print(f"update {update}: goal from z at the trial's end, R^2 {goal_r2:.3f}; reward error from the own z "
+        print(f"update {update}: from z at the trial's end, R^2 of the goal {goal_r2:.3f}, of |g|_1 {l1_r2:.3f}; "
+              f"reward error from the own z "
               f"{own:.3f}, another trial's {shuffled:.3f}; "
               + "; ".join(test_report(kind) for kind in kinds)
               + f"; reward reconstruction {losses['reward_reconstruction'].item():.3f}, "
