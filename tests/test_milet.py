@@ -53,8 +53,8 @@ def only_run_dir(tmp_path):
     (["--exploit-lr", "0"], "--exploit-lr must be > 0, got 0.0"),
     (["--explore-lr", "-1e-4"], "--explore-lr must be > 0, got -0.0001"),
     (["--vae-lr", "nan"], "--vae-lr must be > 0, got nan"),
-    (["--credit-exploration", "--no-exploration-policy"], "--credit-exploration credits the exploration policy"),
-    (["--credit-exploration", "--authors-boundary"], "which --authors-boundary makes a time limit: use one of them"),
+    (["--credit-exploration", "--authors-boundary"], "which --authors-boundary makes a time limit: add --no-credit"),
+    (["--env-id", "AntGoal", "--authors-boundary"], "--credit-exploration (the Ant rows' default) runs pi_psi's GAE"),
 ])
 def test_bad_input_is_rejected_with_one_line(flags, message, monkeypatch):
     """parse_args stops with `milet_ppo_continuous.py: error: ...` (one line) before the script builds anything."""
@@ -133,16 +133,47 @@ def test_per_env_defaults_fill_only_the_flags_left_unset():
                        "HumanoidDirSparse": 100, "HopperRandParams": 50, "WalkerRandParams": 50}
 
 
+def test_the_ant_rows_explore_with_the_credit_a_wide_start_and_q_c_from_z():
+    """Issue 47: the Ant rows' explorer is credited with pi_phi's returns, starts wide (std 1, mean layer gain 1,
+    entropy 1e-3) and reads q(c) from z's responsibilities (docs/antgoal.md); every other row keeps the paper's
+    explorer, and the paper's is one command away (docs/paper_settings.md)."""
+    import milet_ppo_continuous as milet
+
+    def explorer(args):
+        return (args.credit_exploration, args.explore_init_logstd, args.explore_mean_gain, args.explore_ent_coef,
+                args.cluster_posterior)
+
+    for env_id in ("AntGoal", "AntGoalPartial", "AntU"):
+        assert explorer(milet.parse_args(["--env-id", env_id])) == (True, 0.0, 1.0, 1e-3, "responsibility")
+    assert explorer(milet.Args()) == (False, None, 0.01, 1e-2, "head")
+    for env_id in ("HumanoidDir", "HumanoidDirSparse", "HopperRandParams", "WalkerRandParams"):
+        args = milet.parse_args(["--env-id", env_id])
+        assert (args.credit_exploration, args.explore_init_logstd, args.explore_mean_gain,
+                args.cluster_posterior) == (False, None, 0.01, "head")
+    # docs/paper_settings.md's command for the authors' configuration parses to their values
+    doc = open(os.path.join(os.path.dirname(SCRIPT), "docs", "paper_settings.md")).read()
+    command = doc.split("## The authors' AntGoal configuration")[1].split("```bash")[1].split("```")[0]
+    words = command.replace("\\\n", " ").split()
+    assert words[:2] == ["python", "milet_ppo_continuous.py"]
+    paper = milet.parse_args(words[2:])
+    assert explorer(paper) == (False, None, 1.0, 1e-3, "head") and paper.authors_boundary
+    assert (paper.exploit_lr, paper.explore_lr, paper.exploit_ent_coef, paper.clip_coef, paper.update_epochs,
+            paper.num_minibatches, paper.init_logstd, paper.clip_vloss, paper.target_kl, paper.lambda_i,
+            paper.total_timesteps) == (1e-4, 1e-4, 1e-4, 0.05, 2, 8, 0.0, True, None, 1e-3, 50_000_000)
+    # the ablation without pi_psi runs on the Ant rows too: the credit is then a no-op
+    assert not milet.parse_args(["--env-id", "AntGoal", "--no-exploration-policy"]).exploration_policy
+
+
 def test_ablation_flags_and_any_cluster_count_run(tmp_path):
     run_script(tmp_path / "a", *tiny(), "--no-exploration-policy", "--no-stacked-gru", "--lambda-i", "0",
                "--lambda-p", "0", "--num-clusters", "1", "--num-exploit-episodes", "2", "--no-policy-cluster-probs")
     summary = json.load(open(os.path.join(only_run_dir(tmp_path / "a"), "summary.json")))
     assert {"test_return_episode_1", "test_return_episode_2", "test_return_episode_3"} <= set(summary)
     assert set(summary["test_clusters_pred"]) == {0}
-    run_script(tmp_path / "b", "--env-id", "AntGoal", "--num-clusters", "6", "--credit-exploration", *tiny())  # usage
+    run_script(tmp_path / "b", "--env-id", "AntGoal", "--num-clusters", "6", *tiny())  # the usage line
     summary = json.load(open(os.path.join(only_run_dir(tmp_path / "b"), "summary.json")))
     assert summary["args"]["num_clusters"] == 6 and set(summary["test_clusters_pred"]) <= set(range(6))
-    assert summary["args"]["credit_exploration"]
+    assert summary["args"]["credit_exploration"] and summary["args"]["cluster_posterior"] == "responsibility"
 
 
 def test_checkpoint_reruns_the_same_evaluation(tmp_path):
