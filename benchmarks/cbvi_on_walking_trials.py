@@ -22,6 +22,7 @@ from each trial's own z against another trial's (does the decoder need z?), and 
 
     python benchmarks/cbvi_on_walking_trials.py --trials 800 --updates 1000
     python benchmarks/cbvi_on_walking_trials.py --policy mixed-late --trials 800 --updates 1000 --cluster-posterior head
+    python benchmarks/cbvi_on_walking_trials.py --policy mixed-late --trials 800 --updates 1000 --states xy
     python benchmarks/cbvi_on_walking_trials.py --policy mixed --trials 800 --updates 1000 --cat-weight 0.001
 
 The default policy file is the finished oracle seed 1 (`--target-kl 0.02`, 1e7 frames): its agent and observation
@@ -54,6 +55,9 @@ parser.add_argument("--policy", choices=("oracle", "zero", "mixed", "mixed-late"
 parser.add_argument("--cat-weight", type=float, default=None, help="CBVI's --cat-weight (default: AntGoal's row)")
 parser.add_argument("--kl-weight", type=float, default=None, help="CBVI's --kl-weight (default: AntGoal's row)")
 parser.add_argument("--latent-dim", type=int, default=None, help="CBVI's --latent-dim (default: 10)")
+parser.add_argument("--states", choices=("full", "xy"), default="full",
+                    help="what CBVI sees of each state: all of it, or the torso x, y alone (the rest zeroed), so that "
+                         "neither the encoder nor the decoder can read the goal's direction from the ant's heading")
 parser.add_argument("--cluster-posterior", choices=("head", "responsibility"), default=None,
                     help="CBVI's --cluster-posterior (default: AntGoal's row)")
 parser.add_argument("--trials", type=int, default=1600, help="training trials collected (16 per batch)")
@@ -112,7 +116,16 @@ for batch in range(opts.trials // 16):
     trials.append(trial)
     goals.append(split.train_tasks[index])
     distances.append(distance)
-data = [torch.cat(parts, 1) for parts in zip(*trials)]  # (T, N, .)
+def seen(parts):
+    """(obs, actions, rewards, next_obs) as CBVI sees them under --states."""
+    if opts.states == "full":
+        return parts
+    mask = torch.zeros(obs_dim)
+    mask[:2] = 1.0  # AntGoal's observation starts with the torso x, y
+    return [parts[0] * mask, parts[1], parts[2], parts[3] * mask]
+
+
+data = seen([torch.cat(parts, 1) for parts in zip(*trials)])  # (T, N, .)
 goals = np.concatenate(goals)
 print(f"{data[1].shape[1]} training trials ({opts.policy}), median final distance {np.median(distances):.2f} m, "
       f"{time.time() - start:.0f} s", flush=True)
@@ -127,9 +140,9 @@ print(f"CBVI: cluster posterior {milet_args.cluster_posterior}, KL weight {milet
 cbvi = milet.build_models(milet_args, obs_dim, action_dim, "cpu")[0]
 optimizer = torch.optim.Adam(cbvi.parameters(), lr=milet_args.vae_lr)
 kinds = MIXES.get(opts.policy, (opts.policy,))
-test_data = {kind: [torch.cat(parts, 1) for parts in zip(*[
+test_data = {kind: seen([torch.cat(parts, 1) for parts in zip(*[
     rollout(split.test_tasks[i:i + 16], split.test_clusters[i:i + 16], deterministic=True, policy=kind)[0]
-    for i in (0, 16)])] for kind in kinds}
+    for i in (0, 16)])]) for kind in kinds}
 ceiling = envs_clustered.nmi_ceiling(split)
 H = oracle_args.episode_length
 gamma_h = milet.reward_weights(torch.arange(H), H, milet_args)[0]
