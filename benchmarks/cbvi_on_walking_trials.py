@@ -22,7 +22,7 @@ from each trial's own z against another trial's (does the decoder need z?), and 
 
     python benchmarks/cbvi_on_walking_trials.py --trials 800 --updates 1000
     python benchmarks/cbvi_on_walking_trials.py --policy mixed-late --trials 800 --updates 1000 --cluster-posterior head
-    python benchmarks/cbvi_on_walking_trials.py --policy mixed-late --trials 800 --updates 1000 --states xy
+    python benchmarks/cbvi_on_walking_trials.py --policy mixed-late --trials 800 --updates 1000 --states xy --cluster-posterior head
     python benchmarks/cbvi_on_walking_trials.py --policy mixed --trials 800 --updates 1000 --cat-weight 0.001
 
 The default policy file is the finished oracle seed 1 (`--target-kl 0.02`, 1e7 frames): its agent and observation
