@@ -23,6 +23,7 @@ from each trial's own z against another trial's (does the decoder need z?), and 
     python benchmarks/cbvi_on_walking_trials.py --trials 800 --updates 1000
     python benchmarks/cbvi_on_walking_trials.py --policy mixed-late --trials 800 --updates 1000 --cluster-posterior head
     python benchmarks/cbvi_on_walking_trials.py --policy mixed-late --trials 800 --updates 1000 --states xy --cluster-posterior head
+    python benchmarks/cbvi_on_walking_trials.py --policy mixed-decoy --trials 800 --updates 1000 --cluster-posterior head
     python benchmarks/cbvi_on_walking_trials.py --policy mixed --trials 800 --updates 1000 --cat-weight 0.001
 
 The default policy file is the finished oracle seed 1 (`--target-kl 0.02`, 1e7 frames): its agent and observation
@@ -49,9 +50,11 @@ from gymnasium.wrappers.utils import RunningMeanStd  # noqa: E402
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--oracle-checkpoint", help="an oracle's resume.pt, or a file of its 'agent' and 'rms' entries",
                     default="docs/run_data/antgoal/issue24_oracle_s1_targetkl002/final_policy.pt")
-parser.add_argument("--policy", choices=("oracle", "zero", "mixed", "mixed-late"), default="oracle",
+parser.add_argument("--policy", choices=("oracle", "zero", "mixed", "mixed-late", "mixed-decoy"), default="oracle",
                     help="training trials: the oracle walking, the ant standing still, or half of each; mixed-late: "
-                         "half walk both episodes, half stand in episode 1 and walk in episode 2 (zero-then-oracle)")
+                         "half walk both episodes, half stand in episode 1 and walk in episode 2 (zero-then-oracle); "
+                         "mixed-decoy: as mixed-late, but the second half walks in episode 1 to another task's goal "
+                         "(decoy-then-oracle), so that the buffer holds moves away from the goal")
 parser.add_argument("--cat-weight", type=float, default=None, help="CBVI's --cat-weight (default: AntGoal's row)")
 parser.add_argument("--kl-weight", type=float, default=None, help="CBVI's --kl-weight (default: AntGoal's row)")
 parser.add_argument("--latent-dim", type=int, default=None, help="CBVI's --latent-dim (default: 10)")
@@ -89,12 +92,16 @@ def rollout(tasks, clusters, deterministic, policy=opts.policy):
     """One trial per env: (obs, actions, rewards, next_obs) time-major, and the final distance to the goal."""
     obs, info = envs.reset(options={"tasks": tasks, "clusters": clusters})
     goals = torch.as_tensor(np.stack(info["task"]), dtype=torch.float32)
+    if policy == "decoy-then-oracle":  # episode 1 walks to another task's goal
+        decoys = torch.as_tensor(split.train_tasks[rng.integers(len(split.train_tasks), size=len(tasks))],
+                                 dtype=torch.float32)
     parts = {name: [] for name in ("obs", "actions", "rewards", "next_obs")}
     for step in range(T):
         if policy == "zero" or (policy == "zero-then-oracle" and step < oracle_args.episode_length):
             action = torch.zeros(len(obs), action_dim)
         else:
-            x = varibad.policy_input(obs, step, goals, obs_rms, oracle_args, "cpu")
+            decoy = policy == "decoy-then-oracle" and step < oracle_args.episode_length
+            x = varibad.policy_input(obs, step, decoys if decoy else goals, obs_rms, oracle_args, "cpu")
             action = agent.get_action_and_value(x, deterministic=deterministic)[0]
         parts["obs"].append(torch.as_tensor(obs, dtype=torch.float32))
         obs, reward, _, _, info = envs.step(action.numpy())
@@ -105,7 +112,8 @@ def rollout(tasks, clusters, deterministic, policy=opts.policy):
     return [torch.stack(parts[name]) for name in ("obs", "actions", "rewards", "next_obs")], distance
 
 
-MIXES = {"mixed": ("oracle", "zero"), "mixed-late": ("oracle", "zero-then-oracle")}  # alternate batches
+MIXES = {"mixed": ("oracle", "zero"), "mixed-late": ("oracle", "zero-then-oracle"),  # alternate batches
+         "mixed-decoy": ("oracle", "decoy-then-oracle")}
 start = time.time()
 rng = np.random.default_rng(opts.seed)
 trials, distances, goals = [], [], []
@@ -139,7 +147,7 @@ print(f"CBVI: cluster posterior {milet_args.cluster_posterior}, KL weight {milet
       f"categorical weight {milet_args.cat_weight}", flush=True)
 cbvi = milet.build_models(milet_args, obs_dim, action_dim, "cpu")[0]
 optimizer = torch.optim.Adam(cbvi.parameters(), lr=milet_args.vae_lr)
-kinds = MIXES.get(opts.policy, (opts.policy,))
+kinds = MIXES.get(opts.policy, (opts.policy,)) + (("zero-then-oracle",) if opts.policy == "mixed-decoy" else ())
 test_data = {kind: seen([torch.cat(parts, 1) for parts in zip(*[
     rollout(split.test_tasks[i:i + 16], split.test_clusters[i:i + 16], deterministic=True, policy=kind)[0]
     for i in (0, 16)])]) for kind in kinds}
