@@ -280,11 +280,14 @@ class CBVI(nn.Module):
         h_a0, h_b0 = self._split(hidden)
         return torch.cat([h_a0, out_a]), torch.cat([h_b0, out_b])
 
-    def encode(self, actions, next_obs, rewards, sample=True):
-        """Offline pass over (T, B, .) sequences -> Belief with leading dim T + 1."""
-        h_alpha, h_beta = self._all_prefix_states(actions, next_obs, rewards)
+    def _prefix_belief(self, h_alpha, h_beta, sample):
+        """The belief for prefixes t = 0..T from h_alpha, h_beta (T+1, B, H)."""
         z_params = self._free_z_params(h_beta)
         return self._belief(self._prefix_logits(h_alpha, z_params), h_beta, sample, z_params)
+
+    def encode(self, actions, next_obs, rewards, sample=True):
+        """Offline pass over (T, B, .) sequences -> Belief with leading dim T + 1."""
+        return self._prefix_belief(*self._all_prefix_states(actions, next_obs, rewards), sample)
 
     # ----------------------------------------------------------------------------- priors
     def prior(self, cluster):

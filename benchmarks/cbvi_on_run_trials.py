@@ -92,8 +92,7 @@ print(f"test trials: episode 1 / 2 returns {test_record['return_episode_1']:.3f}
 def report(model, name):
     """NMI of argmax q(c) at step 20 and at H on the test trials; q(c)'s spread; NMI of k-means on z at H."""
     h_alpha, h_beta = model.eval()._all_prefix_states(*test_episode)  # CBVI.encode's pass, kept for the head's units
-    z_params = model._free_z_params(h_beta)
-    belief = model._belief(model._prefix_logits(h_alpha, z_params), h_beta, sample=False, z_params=z_params)
+    belief = model._prefix_belief(h_alpha, h_beta, sample=False)
     nmi = [normalized_mutual_info_score(test_clusters, belief.cluster_probs[t].argmax(-1).numpy())
            for t in (min(20, H), H)]
     mean_probs = "[" + ", ".join(f"{p:.2f}" for p in belief.cluster_probs[H].mean(0)) + "]"  # q(c) at H, task mean

@@ -124,6 +124,8 @@ for batch in range(opts.trials // 16):
     trials.append(trial)
     goals.append(split.train_tasks[index])
     distances.append(distance)
+
+
 def seen(parts):
     """(obs, actions, rewards, next_obs) as CBVI sees them under --states."""
     if opts.states == "full":
