@@ -29,6 +29,8 @@ Where things are documented
 * Vector envs: PointGoal is one numpy batch (``PointGoalVectorEnv``); the MuJoCo ids are stepped natively, all
   slots in C across threads (``MujocoVectorEnv``), with gymnasium's v5 envs behind ``native=False`` as the
   reference that the native path matches step for step (tests/test_envs.py).
+* Rewards: ``goal_reward`` (goal envs) and ``relabel_rewards``, the rewards of a goal env's transitions under
+  another goal (hindsight task relabelling of the CBVI's data, ``--relabel-share``; not in the paper).
 * References for the results: ``nmi_ceiling`` (the NMI of the most likely cluster given each true test task) and
   ``point_goal_oracle_returns`` (the analytic PointGoal policy that knows the goal).
   A training script may equally derive the inner-episode index of transition t (0-based step of
@@ -111,6 +113,7 @@ _XML = {"HopperRandParams": "hopper.xml", "WalkerRandParams": "walker2d_v5.xml"}
 _KINDS = {"PointGoal": "goal", "AntGoal": "goal", "AntGoalPartial": "goal", "AntU": "goal",
           "HumanoidDir": "dir", "HumanoidDirSparse": "dir",
           "HopperRandParams": "params", "WalkerRandParams": "params"}
+GOAL_ENV_IDS = tuple(env_id for env_id, kind in _KINDS.items() if kind == "goal")  # reward follows from x, y
 
 
 def _kind(env_id: str) -> str:
@@ -303,6 +306,18 @@ def goal_reward(xy: np.ndarray, goal: np.ndarray, partial: bool = False) -> np.n
     """-|xy - goal|_1, or max(3 - |xy - goal|_1, 0) for the partial (sparse) variant."""
     l1 = np.abs(xy - goal).sum(axis=-1)
     return np.maximum(PARTIAL_THRESHOLD - l1, 0.0) if partial else -l1
+
+
+def relabel_rewards(env_id: str, rewards: np.ndarray, next_xy: np.ndarray, tasks: np.ndarray,
+                    new_tasks: np.ndarray) -> np.ndarray:
+    """Hindsight task relabelling (goal envs; not in the paper): the rewards that the same transitions would have
+    earned in ``new_tasks``. Goals move no body, so only the goal term of the reward changes: r' = r - goal_reward(xy,
+    g) + goal_reward(xy, g'). rewards (..., B), next_xy (..., B, 2): the robot's xy after each step; tasks, new_tasks
+    (B, 2): the goals the trials ran in and the goals they are relabelled with."""
+    if env_id not in GOAL_ENV_IDS:
+        raise ValueError(f"relabelling needs a goal env (the reward must follow from xy), not {env_id}")
+    partial = env_id == "AntGoalPartial"
+    return rewards - goal_reward(next_xy, tasks, partial) + goal_reward(next_xy, new_tasks, partial)
 
 
 def point_goal_step(pos: np.ndarray, action: np.ndarray, goal: np.ndarray):

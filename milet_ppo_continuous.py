@@ -179,6 +179,9 @@ class Args:
     authors_boundary: bool = False
     """the authors' episode boundary: pi_psi's GAE treats the end of episode 1 as a time limit (bootstraps from its
     last value, that step's advantage 0), and the return normaliser's discounted return runs across the whole trial"""
+    relabel_share: float = 0.0
+    """not in the paper: this share of each iteration's trials enters the CBVI's buffer with the rewards of another
+    training task (hindsight task relabelling, goal envs), trials whose behaviour says nothing of their goal"""
     credit_exploration: bool = False
     """not in the paper: pi_psi's advantages also count the exploitation episodes' returns (GAE over the whole trial,
     bootstrapped from pi_phi's critic where pi_phi takes over), so exploring pays through what pi_phi then earns
@@ -301,6 +304,11 @@ def parse_args(argv: Optional[list[str]] = None) -> Args:
     if args.credit_exploration and args.authors_boundary:
         meta_test.exit_with_error("--credit-exploration (the Ant rows' default) runs pi_psi's GAE on through episode "
                                   "1's end, which --authors-boundary makes a time limit: add --no-credit-exploration")
+    if not 0.0 <= args.relabel_share <= 1.0:
+        meta_test.exit_with_error(f"--relabel-share must be in [0, 1], got {args.relabel_share}")
+    if args.relabel_share > 0 and args.env_id not in envs_clustered.GOAL_ENV_IDS:
+        meta_test.exit_with_error(f"--relabel-share needs a goal env (its reward must follow from the robot's x, y), "
+                                  f"not {args.env_id}")
     if args.update_threads is not None and args.update_threads < 1:
         meta_test.exit_with_error(f"--update-threads must be >= 1, got {args.update_threads}")
     if args.capture_video:  # an offscreen GL backend and the MP4 encoder, before anything is written
@@ -695,7 +703,15 @@ if __name__ == "__main__":
                 # the hidden state h = (h_alpha, h_beta) carries over into the exploitation episodes
                 hidden, belief = cbvi.step(action, next_states[step], rewards[step], hidden, sample=False)
                 cluster_probs[step + 1] = belief.cluster_probs
-        buffer.add(states, actions, rewards, next_states)  # insert tau+ into the trial buffer V
+        cbvi_rewards = rewards  # deviation, --relabel-share: some trials enter V with another task's rewards
+        if args.relabel_share > 0:
+            relabelled = torch.as_tensor(task_rng.random(B) < args.relabel_share, device=device)
+            new_tasks = split.train_tasks[task_rng.integers(len(split.train_tasks), size=B)]
+            relabelled_rewards = envs_clustered.relabel_rewards(args.env_id, rewards.cpu().numpy(), next_states[
+                ..., :2].cpu().numpy(), split.train_tasks[task_index], new_tasks)  # goal envs: obs[:2] is x, y
+            cbvi_rewards = torch.where(relabelled, torch.as_tensor(relabelled_rewards, dtype=torch.float32,
+                                                                   device=device), rewards)
+        buffer.add(states, actions, cbvi_rewards, next_states)  # insert tau+ into the trial buffer V
         # the clusters inferred on these (stochastic) training trials, scored at the next evaluation
         for name, step in (("step_20", min(20, H)), ("end_of_exploration", H)):
             train_log[name] += cluster_probs[step].argmax(-1).tolist()

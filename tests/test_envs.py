@@ -99,6 +99,28 @@ def test_ant_reward_formula(env_id):
             assert (goal_r > 0) == (torso_xy[0] == 0.5)
 
 
+@pytest.mark.parametrize("env_id", E.GOAL_ENV_IDS)
+def test_relabelled_rewards_are_those_of_the_same_actions_in_the_new_task(env_id):
+    """--relabel-share's rewards: a trial's transitions re-scored under another goal equal a rollout of the same
+    actions, from the same reset, in that goal's task (goals move no body)."""
+    split = E.make_task_split(env_id, seed=0)
+    tasks = split.train_tasks[[3, 10]]  # goals in different clusters
+    rewards, next_xy = [], []
+    for task in tasks:
+        env = E.make_env(env_id, episode_length=H, task=task)
+        env.reset(seed=5)
+        actions = np.random.default_rng(0).uniform(-1, 1, (2 * H, *env.action_space.shape))
+        steps = [env.step(action) for action in actions]
+        rewards.append([step[1] for step in steps])
+        next_xy.append([step[4]["next_state"][:2] for step in steps])
+    assert np.abs(np.subtract(*rewards)).max() > 0.1  # the two tasks pay differently
+    relabelled = E.relabel_rewards(env_id, np.array(rewards[0])[:, None], np.array(next_xy[0])[:, None],
+                                   tasks[None, 0], tasks[None, 1])[:, 0]
+    np.testing.assert_allclose(relabelled, rewards[1], atol=1e-5)
+    with pytest.raises(ValueError, match="needs a goal env"):
+        E.relabel_rewards("HumanoidDir", relabelled, np.zeros((2 * H, 2)), tasks[0], tasks[1])
+
+
 @pytest.mark.parametrize("env_id", ["HumanoidDir", "HumanoidDirSparse"])
 def test_humanoid_reward_formula(env_id):
     env = E.make_env(env_id, episode_length=H)

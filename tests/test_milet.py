@@ -55,6 +55,8 @@ def only_run_dir(tmp_path):
     (["--vae-lr", "nan"], "--vae-lr must be > 0, got nan"),
     (["--credit-exploration", "--authors-boundary"], "which --authors-boundary makes a time limit: add --no-credit"),
     (["--env-id", "AntGoal", "--authors-boundary"], "--credit-exploration (the Ant rows' default) runs pi_psi's GAE"),
+    (["--relabel-share", "1.5"], "--relabel-share must be in [0, 1], got 1.5"),
+    (["--env-id", "HumanoidDir", "--relabel-share", "0.5"], "--relabel-share needs a goal env"),
 ])
 def test_bad_input_is_rejected_with_one_line(flags, message, monkeypatch):
     """parse_args stops with `milet_ppo_continuous.py: error: ...` (one line) before the script builds anything."""
