@@ -12,7 +12,9 @@ explorer, standing (zero actions) and flailing (actions ~ N(0, 1)), and reports 
 * the run's own q(c | tau) (the paper's head, or --cluster-posterior responsibility): r_h per episode, H(q_0) - H(q_H),
   and the NMI of its argmax after the episode against the true clusters;
 * the reward decoder's error on the episode's own rewards from the posterior mean z after 0, 1, 20 and H steps, and
-  from another task's z after H steps: what a bonus for reward-prediction improvement would pay.
+  from another task's z after H steps: what a bonus for reward-prediction improvement would pay;
+* what z holds after the episode (goal envs): the 4-fold cross-validated R^2 of a linear map from the posterior mean
+  z to the goal and to |g|_1 (which a standing ant's first reward tells), and the NMI of k-means on z (K = 4).
 
     python benchmarks/bonus_on_run_trials.py docs/run_data/antgoal/screen_wide_taskev_credit_s1
 """
@@ -23,7 +25,10 @@ import os
 import sys
 
 import torch
+from sklearn.cluster import KMeans
+from sklearn.linear_model import LinearRegression
 from sklearn.metrics import normalized_mutual_info_score
+from sklearn.model_selection import cross_val_score
 from torch.distributions import Categorical
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -97,3 +102,10 @@ with torch.no_grad():
               f"{math.log(q_c.shape[-1]):.2f}, NMI of its argmax after {H} steps {nmi:.3f}"
               + f"\n  reward error from z after 0 / 1 / 20 / {H} steps {error[0].mean():.4f} / {error[1].mean():.4f} / "
               f"{error[20].mean():.4f} / {error[-1].mean():.4f}; from another task's z after {H}: {other.mean():.4f}")
+        if args.env_id in envs_clustered.GOAL_ENV_IDS:
+            goals, z_end = probe.test_tasks, z[-1].numpy()
+            r2 = [cross_val_score(LinearRegression(), z_end, target, cv=4, scoring="r2").mean()
+                  for target in (goals, abs(goals).sum(1))]
+            kmeans = KMeans(4, n_init=10, random_state=0).fit_predict(z_end)
+            print(f"  z after {H} steps: R^2 of the goal {r2[0]:.2f}, of |g|_1 {r2[1]:.2f}; NMI of k-means(z) "
+                  f"{normalized_mutual_info_score(true.numpy(), kmeans):.3f}")
