@@ -166,6 +166,34 @@ def test_the_ant_rows_explore_with_the_credit_a_wide_start_and_q_c_from_z():
     assert not milet.parse_args(["--env-id", "AntGoal", "--no-exploration-policy"]).exploration_policy
 
 
+def test_relabelled_trials_enter_the_buffer_with_another_training_goals_rewards(tmp_path):
+    """--relabel-share 1: the stored trials keep their states and actions, and their rewards are those of another
+    training goal (PointGoal's r = -|xy' - g|_1 - 0.01 |a|^2, solved for g over the training goals)."""
+    from cbvi import TrialBuffer
+
+    trials = {}
+    for share in ("0", "1"):
+        run_script(tmp_path / share, *tiny(1), "--relabel-share", share, "--checkpoint-every", "1")
+        state = torch.load(os.path.join(only_run_dir(tmp_path / share), "resume.pt"), weights_only=False)["buffer"]
+        buffer = TrialBuffer(state["capacity"], 2, 5, 2, 2)
+        buffer.load_state_dict(state)
+        trials[share] = [[part.float() for part in buffer.trial(slot)] for slot in range(buffer.size)]
+    goals = torch.as_tensor(envs_clustered.make_task_split("PointGoal").train_tasks, dtype=torch.float32)
+    explaining_goals = {}
+    for share, stored in trials.items():
+        explaining_goals[share] = []
+        for states, actions, rewards in stored:
+            next_xy = states[:, 1:].reshape(-1, 2)
+            control = 0.01 * actions.clamp(-1, 1).square().sum(-1)
+            predicted = -(next_xy[None] - goals[:, None]).abs().sum(-1) - control  # (goals, T)
+            error, best = (predicted - rewards).abs().max(-1).values.min(0)
+            assert error < 0.02  # float16 storage
+            explaining_goals[share].append(int(best))
+    for (states, actions, _), (states_1, actions_1, _) in zip(trials["0"], trials["1"]):
+        assert torch.equal(states, states_1) and torch.equal(actions, actions_1)
+    assert all(own != other for own, other in zip(explaining_goals["0"], explaining_goals["1"]))
+
+
 def test_ablation_flags_and_any_cluster_count_run(tmp_path):
     run_script(tmp_path / "a", *tiny(), "--no-exploration-policy", "--no-stacked-gru", "--lambda-i", "0",
                "--lambda-p", "0", "--num-clusters", "1", "--num-exploit-episodes", "2", "--no-policy-cluster-probs")
