@@ -137,8 +137,9 @@ def test_per_env_defaults_fill_only_the_flags_left_unset():
 
 def test_the_ant_rows_explore_with_the_credit_a_wide_start_and_q_c_from_z():
     """Issue 47: the Ant rows' explorer is credited with pi_phi's returns, starts wide (std 1, mean layer gain 1,
-    entropy 1e-3) and reads q(c) from z's responsibilities (docs/antgoal.md); every other row keeps the paper's
-    explorer, and the paper's is one command away (docs/paper_settings.md)."""
+    entropy 1e-3), reads q(c) from z's responsibilities and takes four CBVI updates an iteration (docs/antgoal.md);
+    every other row keeps the paper's explorer and one update, and the paper's is one command away
+    (docs/paper_settings.md)."""
     import milet_ppo_continuous as milet
 
     def explorer(args):
@@ -146,19 +147,21 @@ def test_the_ant_rows_explore_with_the_credit_a_wide_start_and_q_c_from_z():
                 args.cluster_posterior)
 
     for env_id in ("AntGoal", "AntGoalPartial", "AntU"):
-        assert explorer(milet.parse_args(["--env-id", env_id])) == (True, 0.0, 1.0, 1e-3, "responsibility")
+        ant = milet.parse_args(["--env-id", env_id])
+        assert explorer(ant) == (True, 0.0, 1.0, 1e-3, "responsibility")
+        assert ant.vae_updates == 4  # four CBVI updates an iteration where the authors take one
     assert explorer(milet.Args()) == (False, None, 0.01, 1e-2, "head")
     for env_id in ("HumanoidDir", "HumanoidDirSparse", "HopperRandParams", "WalkerRandParams"):
         args = milet.parse_args(["--env-id", env_id])
         assert (args.credit_exploration, args.explore_init_logstd, args.explore_mean_gain,
-                args.cluster_posterior) == (False, None, 0.01, "head")
+                args.cluster_posterior, args.vae_updates) == (False, None, 0.01, "head", 1)
     # docs/paper_settings.md's command for the authors' configuration parses to their values
     doc = open(os.path.join(os.path.dirname(SCRIPT), "docs", "paper_settings.md")).read()
     command = doc.split("## The authors' AntGoal configuration")[1].split("```bash")[1].split("```")[0]
     words = command.replace("\\\n", " ").split()
     assert words[:2] == ["python", "milet_ppo_continuous.py"]
     paper = milet.parse_args(words[2:])
-    assert explorer(paper) == (False, None, 1.0, 1e-3, "head") and paper.authors_boundary
+    assert explorer(paper) == (False, None, 1.0, 1e-3, "head") and paper.authors_boundary and paper.vae_updates == 1
     assert (paper.exploit_lr, paper.explore_lr, paper.exploit_ent_coef, paper.clip_coef, paper.update_epochs,
             paper.num_minibatches, paper.init_logstd, paper.clip_vloss, paper.target_kl, paper.lambda_i,
             paper.total_timesteps) == (1e-4, 1e-4, 1e-4, 0.05, 2, 8, 0.0, True, None, 1e-3, 50_000_000)
