@@ -267,11 +267,12 @@ PPO_TABLE = {  #       lr phi  lr psi  ent phi ent psi clip  epochs minibatches 
 # (AntGoal, 1e7 frames, 3 seeds; docs/antgoal.md, "Four CBVI updates"; docs/deviations.md).
 CBVI_COLUMNS = ("encoder_hidden_size", "encoder_embed_sizes", "reward_decoder_layers", "kl_weight", "cat_weight",
                 "lambda_s", "vae_updates", "vae_num_prefixes", "vae_num_decodes")
+ANT_CBVI = (32, (16, 32, 16), (64, 32), 1e-2, 1e-3, 0.0, 4, 50, 0)
 CBVI_TABLE = {  #      GRU  embeddings a,s,r  reward decoder  KL z  KL c  lambda_s updates prefixes decodes (0: all)
     "PointGoal":         (32,  (16, 32, 16),    (64, 32),       1e-2, 1e-3, 0.0,     4,      10,      0),
-    "AntGoal":           (32,  (16, 32, 16),    (64, 32),       1e-2, 1e-3, 0.0,     4,      50,      0),
-    "AntGoalPartial":    (32,  (16, 32, 16),    (64, 32),       1e-2, 1e-3, 0.0,     4,      50,      0),
-    "AntU":              (32,  (16, 32, 16),    (64, 32),       1e-2, 1e-3, 0.0,     4,      50,      0),
+    "AntGoal":           ANT_CBVI,
+    "AntGoalPartial":    ANT_CBVI,
+    "AntU":              ANT_CBVI,
     "HumanoidDir":       (128, (16, 32, 16),    (64, 32),       1e-3, 1e-4, 0.0,     1,      50,      100),
     "HumanoidDirSparse": (128, (16, 32, 16),    (64, 32),       1e-3, 1e-4, 0.0,     1,      50,      100),
     "HopperRandParams":  (64,  (32, 32, 32),    (256, 64),      1e-4, 1e-4, 1.0,     1,      50,      50),
