@@ -180,14 +180,15 @@ def test_varibad_oracle_sees_the_true_task_and_trains_no_vae(tmp_path, env_id):
 def test_oracle_on_env_replays_its_run_and_scores_the_same_walk_on_the_partial_reward(tmp_path):
     """benchmarks/oracle_on_env.py (issue 28: AntGoalPartial's oracle is AntGoal's): on the run's own env it gives the
     run's last evaluation, on AntGoalPartial the same trajectories (final distances) under the other reward, and it
-    refuses an env whose test tasks the oracle was not told."""
+    refuses an env whose test tasks the oracle was not told, unless `--other-tasks` (AntU's goals) and the robot is
+    the same."""
     run_baseline("varibad", tmp_path, "--env-id", "AntGoal", "--oracle", *TINY["varibad"])
     run_dir = only_run_dir(tmp_path)
     last = json.loads(open(os.path.join(run_dir, "eval.jsonl")).read().splitlines()[-1])
 
-    def score(env_id):
+    def score(env_id, *flags):
         return subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "oracle_on_env.py"), run_dir,
-                               "--env-id", env_id], capture_output=True, text=True, cwd=ROOT,
+                               "--env-id", env_id, *flags], capture_output=True, text=True, cwd=ROOT,
                               env={**os.environ, "OMP_NUM_THREADS": "1"})
 
     own, partial, other = score("AntGoal"), score("AntGoalPartial"), score("HumanoidDir")
@@ -197,3 +198,8 @@ def test_oracle_on_env_replays_its_run_and_scores_the_same_walk_on_the_partial_r
     assert partial["final_distance_episode_2"] == pytest.approx(own["final_distance_episode_2"], abs=1e-9)
     assert partial["return_episode_2"] != pytest.approx(own["return_episode_2"], abs=1e-3)
     assert other.returncode != 0 and "test tasks are not those of AntGoal" in other.stderr
+    uniform, other_robot = score("AntU", "--other-tasks"), score("HumanoidDir", "--other-tasks")
+    assert score("AntU").returncode != 0 and uniform.returncode == 0, uniform.stderr
+    assert "not the AntGoal tasks it trained on" in uniform.stderr
+    assert json.loads(uniform.stdout)["return_episode_2"] != pytest.approx(own["return_episode_2"], abs=1e-3)
+    assert other_robot.returncode != 0 and "another robot or task layout" in other_robot.stderr
