@@ -9,7 +9,7 @@ The loop below is the paper's Algorithm 1, one marker comment per step:
   4. one CBVI update (Eq. 4-8) on whole trials drawn from the trial buffer;
   5. every `eval_every` iterations, meta-test on held-out tasks (Algorithm 2, meta_test.py), with the clusters' NMI.
 
-    python milet_ppo_continuous.py                          # PointGoal, 2M frames, 7-18 minutes on 2 CPU cores
+    python milet_ppo_continuous.py                          # PointGoal, 2M frames, 7-27 minutes on 2 CPU cores
     python milet_ppo_continuous.py --env-id AntGoal --num-clusters 6
     python milet_ppo_continuous.py --env-id AntGoal --help  # every flag with AntGoal's values
     python milet_ppo_continuous.py --eval-checkpoint runs/<run>/milet_ppo_continuous.pt   # re-run the meta-test
