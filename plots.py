@@ -343,6 +343,11 @@ def plot_nmi(runs: list[Run], group_by: str = "exp_name", record_index: int = -1
             raise PlotError(f"group {name}: runs with different episode lengths")
         _band(ax, np.arange(1, len(rows[0]) + 1), rows, name, None, stat, reps, seed)
     _reference_line(ax, runs, "nmi_ceiling", "ceiling (nearest centre of the true tasks)", "k", record_index)
+    finals = [final_record(run, record_index) for run in runs]
+    chance = [nmi_chance(tuple(r["test_clusters_true"]), tuple(r["test_clusters_pred"])) for r in finals
+              if "test_clusters_pred" in r]
+    if chance:  # Fig. 3c's lower reference: each run's final labels shuffled over the test tasks
+        ax.axhline(float(np.mean(chance)), ls=":", lw=1.2, color="0.4", label="chance (the final labels shuffled)")
     ax.set(xlabel="time step t of the exploration episode", ylabel="NMI", ylim=(-0.02, 1.02),
            title=f"{runs[0].env_id}: cluster inference on the test tasks\n({BAND_TITLES[stat]})")
     ax.grid(alpha=0.3)

@@ -108,6 +108,10 @@ def test_nmi_plots_the_per_step_nmi_of_the_last_evaluation(runs):
     expected = np.mean([records(runs[s])[-1]["nmi_per_step"] for s in ("seed1", "seed2")], axis=0)
     np.testing.assert_allclose(fig.axes[0].lines[0].get_ydata(), expected)
     np.testing.assert_allclose(fig.axes[0].lines[0].get_xdata(), np.arange(1, 6))
+    chance = np.mean([plots.nmi_chance(tuple(records(runs[s])[-1]["test_clusters_true"]),
+                                       tuple(records(runs[s])[-1]["test_clusters_pred"])) for s in ("seed1", "seed2")])
+    chance_line = [line for line in fig.axes[0].lines if line.get_label().startswith("chance")]
+    assert len(chance_line) == 1 and np.allclose(chance_line[0].get_ydata(), chance)
 
 
 def test_params_heatmap_is_the_mean_multiplier_per_inferred_cluster(runs):
