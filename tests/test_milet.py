@@ -137,7 +137,7 @@ def test_per_env_defaults_fill_only_the_flags_left_unset():
 
 def test_the_ant_rows_explore_with_the_credit_a_wide_start_and_q_c_from_z():
     """Issue 47: the Ant rows' explorer is credited with pi_phi's returns, starts wide (std 1, mean layer gain 1,
-    entropy 1e-3), reads q(c) from z's responsibilities and takes four CBVI updates an iteration (docs/antgoal.md);
+    entropy 1e-3), reads q(c) from z's responsibilities and takes eight CBVI updates an iteration (docs/antgoal.md);
     every other row keeps the paper's explorer and one update, and the paper's is one command away
     (docs/paper_settings.md)."""
     import milet_ppo_continuous as milet
@@ -149,7 +149,7 @@ def test_the_ant_rows_explore_with_the_credit_a_wide_start_and_q_c_from_z():
     for env_id in ("AntGoal", "AntGoalPartial", "AntU"):
         ant = milet.parse_args(["--env-id", env_id])
         assert explorer(ant) == (True, 0.0, 1.0, 1e-3, "responsibility")
-        assert ant.vae_updates == 4  # four CBVI updates an iteration where the authors take one
+        assert ant.vae_updates == 8  # eight CBVI updates an iteration where the authors take one
     assert explorer(milet.Args()) == (False, None, 0.01, 1e-2, "head")
     for env_id in ("HumanoidDir", "HumanoidDirSparse", "HopperRandParams", "WalkerRandParams"):
         args = milet.parse_args(["--env-id", env_id])
