@@ -343,9 +343,7 @@ def plot_nmi(runs: list[Run], group_by: str = "exp_name", record_index: int = -1
             raise PlotError(f"group {name}: runs with different episode lengths")
         _band(ax, np.arange(1, len(rows[0]) + 1), rows, name, None, stat, reps, seed)
     _reference_line(ax, runs, "nmi_ceiling", "ceiling (nearest centre of the true tasks)", "k", record_index)
-    finals = [final_record(run, record_index) for run in runs]
-    chance = [nmi_chance(tuple(r["test_clusters_true"]), tuple(r["test_clusters_pred"])) for r in finals
-              if "test_clusters_pred" in r]
+    chance = [c for c in (record_nmi_chance(final_record(run, record_index)) for run in runs) if c is not None]
     if chance:  # Fig. 3c's lower reference: each run's final labels shuffled over the test tasks
         ax.axhline(float(np.mean(chance)), ls=":", lw=1.2, color="0.4", label="chance (the final labels shuffled)")
     ax.set(xlabel="time step t of the exploration episode", ylabel="NMI", ylim=(-0.02, 1.02),
@@ -531,6 +529,13 @@ def nmi_chance(true_clusters, predicted_clusters, shuffles: int = 200, seed: int
                           for _ in range(shuffles)]))
 
 
+def record_nmi_chance(record: dict) -> Optional[float]:
+    """nmi_chance of one evaluation record's test labels; None for a record without inferred clusters."""
+    if "test_clusters_pred" not in record:
+        return None
+    return nmi_chance(tuple(record["test_clusters_true"]), tuple(record["test_clusters_pred"]))
+
+
 def late_table(runs: list[Run], group_by: str = "exp_name", late: float = 0.8,
                frames: Optional[tuple[float, float]] = None) -> str:
     """Markdown: per run, the late average of every episode's test return, of its median final distance to the goal
@@ -551,8 +556,7 @@ def late_table(runs: list[Run], group_by: str = "exp_name", late: float = 0.8,
             per_step = record.get("nmi_per_step", [])
             return per_step[19] if len(per_step) > 19 else None
         if key == "nmi_chance_end_of_exploration":
-            return nmi_chance(tuple(record["test_clusters_true"]), tuple(record["test_clusters_pred"])) \
-                if "test_clusters_pred" in record else None
+            return record_nmi_chance(record)
         return record.get(key)
 
     columns = [c for c in columns if any(value(r, c) is not None for run in runs for r in run.records)]
