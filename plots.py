@@ -4,7 +4,7 @@ A tyro command-line tool with one subcommand per figure (and `slim`, a small cop
 --capture-video MP4 as a frame strip or a GIF); every function can also be imported.
 
     python plots.py curves runs/PointGoal__*   --out docs/curves.png     # Fig. 2 and 4: test return over frames, + NMI
-    python plots.py traces runs/<one run>      --out docs/traces.png     # Fig. 3a, 5, 8: exploration traces by cluster
+    python plots.py traces runs/<run> [<run>]  --out docs/traces.png     # Fig. 3a-b, 5, 8: exploration traces by cluster
     python plots.py nmi runs/PointGoal__*      --out docs/nmi.png        # Fig. 3c: NMI over the exploration episode
     python plots.py params runs/<rand-params run> --out params.png       # Fig. 7: multipliers per inferred cluster
     python plots.py schedules --out schedules.png                        # Fig. 6: gamma_h(t) and gamma_c(t)
@@ -296,9 +296,20 @@ def plot_curves(runs: list[Run], group_by: str = "exp_name", stat: Stat = "iqm",
     return fig
 
 
-def plot_traces(run: Run, record_index: int = -1):
-    """Fig. 3a: exploration-episode xy traces on the test tasks, each step coloured by the inferred cluster. A run
-    that infers no clusters (VariBAD, RL2; Fig. 3b) has each trace coloured by its task's true cluster instead."""
+def plot_traces(runs: Union[Run, list[Run]], record_index: int = -1):
+    """Fig. 3a-b: exploration-episode xy traces on the test tasks, one panel per run side by side (one row), each
+    step coloured by the inferred cluster. A run that infers no clusters (VariBAD, RL2; Fig. 3b) has each trace
+    coloured by its task's true cluster instead."""
+    runs = [runs] if isinstance(runs, Run) else runs
+    fig, axes = plt.subplots(1, len(runs), figsize=(5.5 * len(runs), 5.5), squeeze=False, sharex=True, sharey=True)
+    for ax, run in zip(axes[0], runs):
+        _draw_traces(ax, run, record_index)
+    fig.tight_layout()
+    return fig
+
+
+def _draw_traces(ax, run: Run, record_index: int):
+    """One run's panel of plot_traces."""
     record = final_record(run, record_index)
     if "exploration_xy" not in record:
         raise PlotError(f"{run.env_id} logs no xy traces (only goal and direction envs do)")
@@ -310,7 +321,6 @@ def plot_traces(run: Run, record_index: int = -1):
     else:  # every step of a task's trace in its true cluster's colour
         goal_clusters = record["test_clusters_true"]
         clusters = np.repeat(np.asarray(goal_clusters)[:, None], traces.shape[1] - 1, axis=1)
-    fig, ax = plt.subplots(figsize=(5.5, 5.5))
     for trace, steps in zip(traces, clusters):
         ax.plot(trace[:, 0], trace[:, 1], color="0.8", lw=0.6, zorder=1)
         ax.scatter(trace[1:, 0], trace[1:, 1], c=[CLUSTER_COLOURS(k % 10) for k in steps], s=4, zorder=2)
@@ -324,10 +334,9 @@ def plot_traces(run: Run, record_index: int = -1):
         ax.scatter([], [], color=CLUSTER_COLOURS(k % 10), label=f"{'inferred' if inferred else 'true'} cluster {k}")
     colouring = "coloured by its final cluster" if inferred else "coloured by its true cluster"
     ax.set(xlabel="x", ylabel="y", aspect="equal",
-           title=f"{run.env_id} exploration traces, step {record['global_step']:,}\n(x = test goal, {colouring})")
+           title=f"{run.env_id}, {method_of(run.args)} seed {run.seed}: exploration traces, step {record['global_step']:,}\n"
+                 f"(x = test goal, {colouring})")
     ax.legend(fontsize=7, loc="best")
-    fig.tight_layout()
-    return fig
 
 
 def plot_nmi(runs: list[Run], group_by: str = "exp_name", record_index: int = -1, stat: Stat = "iqm",
@@ -658,11 +667,12 @@ class Curves(RunGroups):
 
 @dataclass
 class Traces(Figure):
-    """Fig. 3a: exploration traces of one run, coloured by the inferred cluster."""
-    run: tyro.conf.Positional[str] = ""
-    """one run folder"""
+    """Fig. 3a-b: exploration traces, one panel per run side by side, coloured by the inferred cluster (or, for a run
+    without clusters such as VariBAD's, by the true one)."""
+    runs: tyro.conf.Positional[list[str]] = field(default_factory=list)
+    """run folders (runs/<run_name>), one panel each"""
     record: int = -1
-    """which evaluation (index into eval.jsonl; -1 = the last)"""
+    """which evaluation of each run (index into eval.jsonl; -1 = the last)"""
 
 
 @dataclass
@@ -673,8 +683,12 @@ class Nmi(RunGroups):
 
 
 @dataclass
-class Params(Traces):
+class Params(Figure):
     """Fig. 7: mean parameter multipliers per inferred cluster (HopperRandParams, WalkerRandParams)."""
+    run: tyro.conf.Positional[str] = ""
+    """one run folder"""
+    record: int = -1
+    """which evaluation (index into eval.jsonl; -1 = the last)"""
 
 
 @dataclass
@@ -928,7 +942,7 @@ def main(command) -> Optional[str]:
     elif isinstance(command, Params):
         fig = plot_params(load_run(command.run), command.record)
     else:
-        fig = plot_traces(load_run(command.run), command.record)
+        fig = plot_traces(load_runs(command.runs), command.record)
     fig.savefig(command.out + ".tmp" + suffix, dpi=120)  # then a rename: never a half-written figure
     plt.close(fig)
     os.replace(command.out + ".tmp" + suffix, command.out)

@@ -103,6 +103,20 @@ def test_traces_of_a_run_without_clusters_are_coloured_by_the_true_cluster():
     assert "coloured by its true cluster" in ax.get_title()
 
 
+def test_traces_of_several_runs_are_panels_side_by_side(runs):
+    """Fig. 3a beside 3b: one panel per run, in the order given, each drawn as the run's own one-panel figure."""
+    varibad = os.path.join(ROOT, "docs", "run_data", "antgoal", "issue24_varibad_s1")
+    milet = os.path.join(ROOT, "docs", "run_data", "antgoal", "vae8_s1")
+    fig = plots.plot_traces(plots.load_runs([milet, varibad]))
+    assert len(fig.axes) == 2
+    for ax, path in zip(fig.axes, (milet, varibad)):
+        alone = plots.plot_traces(plots.load_run(path)).axes[0]
+        assert ax.get_title() == alone.get_title()
+        np.testing.assert_allclose(ax.lines[3].get_xydata(), alone.lines[3].get_xydata())
+        np.testing.assert_allclose(ax.collections[3].get_facecolors(), alone.collections[3].get_facecolors())
+    assert "final cluster" in fig.axes[0].get_title() and "true cluster" in fig.axes[1].get_title()
+
+
 def test_nmi_plots_the_per_step_nmi_of_the_last_evaluation(runs):
     fig = plots.plot_nmi(plots.load_runs([runs["seed1"], runs["seed2"]]))
     expected = np.mean([records(runs[s])[-1]["nmi_per_step"] for s in ("seed1", "seed2")], axis=0)
