@@ -334,8 +334,8 @@ def _draw_traces(ax, run: Run, record_index: int):
         ax.scatter([], [], color=CLUSTER_COLOURS(k % 10), label=f"{'inferred' if inferred else 'true'} cluster {k}")
     colouring = "coloured by its final cluster" if inferred else "coloured by its true cluster"
     ax.set(xlabel="x", ylabel="y", aspect="equal",
-           title=f"{run.env_id}, {method_of(run.args)} seed {run.seed}: exploration traces, step {record['global_step']:,}\n"
-                 f"(x = test goal, {colouring})")
+           title=f"{run.env_id}, {method_of(run.args)} seed {run.seed}: exploration traces, "
+                 f"step {record['global_step']:,}\n(x = test goal, {colouring})")
     ax.legend(fontsize=7, loc="best")
 
 
