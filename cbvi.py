@@ -163,7 +163,7 @@ class CBVI(nn.Module):
         self.z_mean_head = nn.Linear(32, latent_dim)
         self.z_logvar_head = nn.Linear(32, latent_dim)
 
-        # Learnable cluster prior p_omega(z | c) and its frozen target copy p_tgt.
+        # Eq. 4: the learnable cluster prior p_omega(z | c); Eq. 7: its frozen target copy p_tgt.
         self.prior_net = mlp([K, 32, 2 * latent_dim])
         self.target_prior_net = copy.deepcopy(self.prior_net).requires_grad_(False)
 
@@ -175,7 +175,7 @@ class CBVI(nn.Module):
             self.log_alpha = nn.Parameter(torch.zeros(K))  # q(pi) starts at Dir(1, ..., 1)
             self.register_buffer("prior_alpha", torch.full((K,), weight_concentration / K))
 
-        # Decoders: r(s_t, a_t, s_{t+1}, z) and, only if lambda_s > 0, s(s_t, a_t, z) -> s_{t+1}.
+        # Eq. 5 decoders: r(s_t, a_t, s_{t+1}, z) and, only if lambda_s > 0, s(s_t, a_t, z) -> s_{t+1}.
         self.dec_embed_state = mlp([obs_dim, state_embed], out_act=True)
         self.dec_embed_action = mlp([action_dim, action_embed], out_act=True)
         self.reward_decoder = SplitDecoder(latent_dim, 2 * state_embed + action_embed,

@@ -506,7 +506,7 @@ def shaped_rewards(rewards, cluster_probs, return_rms: RunningMeanStd, args: Arg
         return policy_rewards, None, None
     r_h, r_c = exploration_rewards(cluster_probs[: H + 1])  # Eq. 10, 11
     gamma_h, gamma_c = reward_weights(torch.arange(H, device=rewards.device), H, args)  # Eq. 12
-    policy_rewards[:H] += gamma_h[:, None] * r_h + gamma_c[:, None] * r_c  # Eq. 9: r + gh*r_h + gc*r_c
+    policy_rewards[:H] += gamma_h[:, None] * r_h + gamma_c[:, None] * r_c  # Eq. 12: r + gh*r_h + gc*r_c
     return policy_rewards, r_h, r_c
 
 
