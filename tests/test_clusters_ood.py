@@ -130,7 +130,7 @@ def test_auto_clusters_and_ood_eval_report_known_answers(tmp_path, monkeypatch):
     for record in records:
         assert record["ood_auroc"] == record["ood_auroc_reward_error"] == record["ood_auroc_prior_nll"] == 1.0
         assert record["ood_flagged_reward_error"]["ood"] == 1.0
-        assert set(result["ood_flagged_prior_nll"]) == {"test", "ood"}
+        assert set(record["ood_flagged_prior_nll"]) == {"test", "ood"}
     assert len(records[-1]["test_clusters_pred"]) == 32
 
 

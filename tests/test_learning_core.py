@@ -335,16 +335,24 @@ def test_a_zero_loss_weight_takes_its_term_out_of_the_total(flag, weight):
 
 
 def test_no_stacked_gru_runs_one_gru_and_the_stacked_model_two():
-    """--no-stacked-gru (App. E): one GRU whose state serves both heads; the default stacks the T-GRU on the C-GRU,
-    so the same history gives another task posterior."""
-    beliefs = {}
+    """--no-stacked-gru (App. E): one GRU whose state serves both heads; the default stacks the T-GRU on the C-GRU:
+    moving the T-GRU's weights moves the task posterior q(z) and leaves the cluster posterior q(c), read from the
+    C-GRU alone, as it was."""
+    obs, actions, rewards, next_obs = cbvi_batch()
     for flags in ([], ["--no-stacked-gru"]):
         _, model, _, _ = build(flags)
         names = {name.split(".")[0] for name, _ in model.named_parameters()}
         assert ("t_gru" in names) == (not flags)
-        obs, actions, rewards, next_obs = cbvi_batch()
-        beliefs[bool(flags)] = model.encode(actions, next_obs, rewards.unsqueeze(-1), sample=False)
-    assert beliefs[False].z_mean.shape == beliefs[True].z_mean.shape
+    before = model.encode(actions, next_obs, rewards.unsqueeze(-1), sample=False)  # one GRU: the same shapes
+    _, stacked, _, _ = build([])
+    belief = stacked.encode(actions, next_obs, rewards.unsqueeze(-1), sample=False)
+    assert belief.z_mean.shape == before.z_mean.shape and belief.cluster_probs.shape == before.cluster_probs.shape
+    with torch.no_grad():
+        for parameter in stacked.t_gru.parameters():
+            parameter.add_(0.5)
+    moved = stacked.encode(actions, next_obs, rewards.unsqueeze(-1), sample=False)
+    assert (moved.z_mean - belief.z_mean).abs().max() > 1e-3
+    torch.testing.assert_close(moved.cluster_probs, belief.cluster_probs)
 
 
 def test_no_policy_cluster_probs_removes_q_c_from_the_policy_input():
