@@ -15,12 +15,10 @@ in learning_calibration.json (with the date and commit):
     clusters (`chance_nmi_quantile`; one, not an average of six: the late evaluations of a run are correlated);
   * for MILET, episode 2 must beat episode 1 (the exploration episode pays for what the second one earns).
 
-The margin. A CPU run on one thread is deterministic: on this machine's stack the pinned seed repeats its
-calibration exactly, so a check fails only when the code learns less, and one that keeps less than 60% of its
-learning fails. On another CPU the floating-point summation order can differ and the run then diverges like another
-seed; the calibrated seeds' spread, recorded in the JSON, says how far: a run that diverges like the weakest recorded
-seed of a method can fall below 0.6 of the pinned seed there. The thresholds are set for a regression, not for that
-spread.
+The margin. A CPU run on one thread repeats itself exactly on the same machine and code, so the pinned seed's check
+fails when the code learns less: a run that keeps less than 60% of its calibrated gain fails. Each bar also sits
+below every calibrated seed's figure (checked below; RL2's seed 2 is the one exception, docs/testing.md), so that a
+run that diverges like another seed, as one on another CPU, whose summation order can differ, still passes.
 """
 import json
 import os
@@ -49,6 +47,7 @@ LATE_EVALUATIONS = {"milet": 6, "varibad": 5, "rl2": 5, "pearl": 3, "metacure": 
 CHECKED_SEED = {"milet": 2, "varibad": 1, "rl2": 1, "pearl": 1, "metacure": 1}  # the seed each check runs
 KEEP = 0.6  # the share of the pinned seed's calibrated gain and NMI a check run must keep
 NMI_CHANCE = 0.298  # chance_nmi_quantile(), checked below
+WEAK_SEEDS = {("rl2", 2)}  # RL2's seed 2 gains 9.9 at 1.024M frames, below seed 1's bar (docs/testing.md)
 
 
 def calibration() -> dict:
@@ -101,9 +100,12 @@ def test_every_check_has_a_calibration_of_its_pinned_seed_with_room_to_fail():
         assert ("late_nmi" in rows[method][seed]) == (method == "milet")  # only MILET has clusters
         assert thresholds(method)["late_episode_2_gain"] > 20.0, method
         assert rows[method][seed]["flags"] == " ".join(CHECK_FLAGS[method]), f"{method}: calibrated with other flags"
-    milet = rows["milet"][CHECKED_SEED["milet"]]
-    assert KEEP * milet["late_nmi"] > NMI_CHANCE  # the NMI bar is the pinned seed's, not chance's
-    assert milet["late_return_episode_2"] > milet["late_return_episode_1"]
+    for method, bars in ((method, thresholds(method)) for method in CHECKED_SEED):
+        for name, bar in bars.items():  # below every calibrated seed: a run that diverges like one of them passes
+            lowest = min(row[name] for seed, row in rows[method].items() if (method, seed) not in WEAK_SEEDS)
+            assert bar < lowest, f"{method}: the {name} bar {bar:.3f} is not below every calibrated seed"
+    for seed, row in rows["milet"].items():
+        assert row["late_return_episode_2"] > row["late_return_episode_1"], f"MILET seed {seed}"
 
 
 # The order in which pytest-xdist's two workers receive the checks: two each at the start, in this order (MILET, PEARL;
