@@ -339,14 +339,13 @@ def test_no_stacked_gru_runs_one_gru_and_the_stacked_model_two():
     moving the T-GRU's weights moves the task posterior q(z) and leaves the cluster posterior q(c), read from the
     C-GRU alone, as it was."""
     obs, actions, rewards, next_obs = cbvi_batch()
-    for flags in ([], ["--no-stacked-gru"]):
-        _, model, _, _ = build(flags)
-        names = {name.split(".")[0] for name, _ in model.named_parameters()}
-        assert ("t_gru" in names) == (not flags)
-    before = model.encode(actions, next_obs, rewards.unsqueeze(-1), sample=False)  # one GRU: the same shapes
-    _, stacked, _, _ = build([])
+    models = {stacked: build([] if stacked else ["--no-stacked-gru"])[1] for stacked in (True, False)}
+    for stacked, model in models.items():
+        assert ("t_gru" in {name.split(".")[0] for name, _ in model.named_parameters()}) == stacked
+    stacked, one_gru = models[True], models[False]
     belief = stacked.encode(actions, next_obs, rewards.unsqueeze(-1), sample=False)
-    assert belief.z_mean.shape == before.z_mean.shape and belief.cluster_probs.shape == before.cluster_probs.shape
+    single = one_gru.encode(actions, next_obs, rewards.unsqueeze(-1), sample=False)
+    assert belief.z_mean.shape == single.z_mean.shape and belief.cluster_probs.shape == single.cluster_probs.shape
     with torch.no_grad():
         for parameter in stacked.t_gru.parameters():
             parameter.add_(0.5)
