@@ -339,10 +339,9 @@ def test_no_stacked_gru_runs_one_gru_and_the_stacked_model_two():
     moving the T-GRU's weights moves the task posterior q(z) and leaves the cluster posterior q(c), read from the
     C-GRU alone, as it was."""
     obs, actions, rewards, next_obs = cbvi_batch()
-    models = {stacked: build([] if stacked else ["--no-stacked-gru"])[1] for stacked in (True, False)}
-    for stacked, model in models.items():
-        assert ("t_gru" in {name.split(".")[0] for name, _ in model.named_parameters()}) == stacked
-    stacked, one_gru = models[True], models[False]
+    stacked, one_gru = build([])[1], build(["--no-stacked-gru"])[1]
+    for model, has_t_gru in ((stacked, True), (one_gru, False)):
+        assert ("t_gru" in {name.split(".")[0] for name, _ in model.named_parameters()}) == has_t_gru
     belief = stacked.encode(actions, next_obs, rewards.unsqueeze(-1), sample=False)
     single = one_gru.encode(actions, next_obs, rewards.unsqueeze(-1), sample=False)
     assert belief.z_mean.shape == single.z_mean.shape and belief.cluster_probs.shape == single.cluster_probs.shape
