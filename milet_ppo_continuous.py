@@ -282,7 +282,7 @@ CBVI_TABLE = {  #      GRU  embeddings a,s,r  reward decoder  KL z  KL c  lambda
 # The explorer (not in the paper; docs/antgoal.md, "What makes the explorer explore"): the Ant rows credit pi_psi
 # with what pi_phi then earns, start it wide (the authors' std 1 and normc-like mean layer, on pi_psi alone) and read
 # q(c) from z's responsibilities: at 1e7 frames, 3 seeds, it explores and clusters more than the paper's explorer,
-# episode 2 level with the credit alone (docs/deviations.md, "Explorer of the Ant rows").
+# and with CBVI_TABLE's eight updates its episode 2 leads VariBAD's (docs/deviations.md, "Explorer of the Ant rows").
 EXPLORE_COLUMNS = ("credit_exploration", "explore_init_logstd", "explore_mean_gain", "cluster_posterior")
 PAPER_EXPLORER, ANT_EXPLORER = (False, None, 0.01, "head"), (True, 0.0, 1.0, "responsibility")
 EXPLORE_TABLE = {env_id: ANT_EXPLORER if env_id.startswith("Ant") else PAPER_EXPLORER
